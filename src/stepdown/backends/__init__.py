@@ -1,0 +1,1 @@
+"""Backends: one small module each, imported on first use."""

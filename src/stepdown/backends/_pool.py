@@ -1,0 +1,79 @@
+"""What the two process-pool backends (stdlib ``process`` and ``loky``) share."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any
+
+from ..core.backend import Backend
+
+__all__ = ["PoolBackend"]
+
+
+class PoolBackend(Backend):
+    """A process pool: start all workers now, watch its manager thread, kill on abandon."""
+
+    in_process = False
+
+    def __init__(self, workers: int, options: Any = None) -> None:
+        super().__init__(workers, options)
+        self._pool: Any = None
+
+    def _create(self) -> Executor:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._pool = self._create()
+        # The first submit launches the workers (all of them with fork, loky): a pool that
+        # cannot fork fails here, before a task is handed to it.
+        self._pool.submit(os.getpid)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = self._pool.submit(fn, *args)
+        return future
+
+    def _manager_alive(self) -> bool | None:
+        thread = getattr(self._pool, "_executor_manager_thread", None)
+        return None if thread is None else thread.is_alive()
+
+    def health(self) -> str | None:
+        if self._pool is None or self.closed:
+            return None
+        if self._manager_alive() is False:
+            return "the executor's manager thread is dead"
+        processes = getattr(self._pool, "_processes", None) or {}
+        if processes and not any(p.is_alive() for p in list(processes.values())):
+            return "every worker process is dead"
+        return None
+
+    def worker_pids(self) -> list[int]:
+        processes = getattr(self._pool, "_processes", None) or {}
+        return list(processes)
+
+    def _kill_workers(self) -> None:
+        processes = getattr(self._pool, "_processes", None) or {}
+        for process in list(processes.values()):
+            with contextlib.suppress(OSError, AttributeError, ValueError):  # already gone
+                process.kill()
+
+    def abandon(self) -> None:
+        if self._pool is None or self.closed:
+            self.closed = True
+            return
+        self.closed = True
+        # Kill first: a broken pool's manager thread may be dead, and nobody else would.
+        self._kill_workers()
+        # A broken executor may fail to shut down; its workers are dead already.
+        with contextlib.suppress(Exception):
+            self._shutdown_now()
+
+    def _shutdown_now(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def shutdown(self) -> None:
+        if self._pool is not None and not self.closed:
+            self._pool.shutdown(wait=True)
+        self.closed = True

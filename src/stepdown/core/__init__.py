@@ -1,0 +1,1 @@
+"""The core: backend interface, errors, resources, policy, plan, runner, budget, report."""

@@ -1,0 +1,192 @@
+"""The public entry points: ``run``, ``map``, ``imap``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+from .engine import Engine, Settings
+from .errors import UsageError
+from .report import Report
+from .rung import Rung, parse_ladder
+
+__all__ = ["Run", "imap", "map", "run"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger("stepdown")
+
+Errors = Literal["raise", "return"]
+MemoryErrors = Literal["step-down", "raise"]
+LadderSpec = Sequence[str | Rung | dict[str, Any]]
+
+
+@dataclass
+class Run(Generic[R]):
+    """A finished run: ``results`` in input order, and the ``report`` of what happened."""
+
+    results: list[R]
+    report: Report
+
+
+def _resolve(
+    ladder: LadderSpec | None,
+    profile: str | None,
+    policy: Any,
+    tasks: int | None,
+) -> tuple[list[Rung], str | None]:
+    """The rungs with worker counts resolved, and a name for the plan they came from."""
+    rungs = parse_ladder(list(ladder) if ladder is not None else ["loky", "thread"])
+    cpus = len(os.sched_getaffinity(0))
+    resolved = []
+    for rung in rungs:
+        cap = rung.workers or cpus
+        resolved.append(Rung(rung.backend, max(1, min(cap, tasks or cap)), rung.options))
+    return resolved, None
+
+
+def _engine(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    ladder: LadderSpec | None,
+    profile: str | None,
+    policy: Any,
+    errors: Errors,
+    ordered: bool,
+    stall_timeout: float,
+    memory_error: MemoryErrors,
+    batch_size: int | None,
+    reuse: bool,
+) -> Engine:
+    if errors not in ("raise", "return"):
+        raise UsageError(f"errors must be 'raise' or 'return', not {errors!r}")
+    if memory_error not in ("step-down", "raise"):
+        raise UsageError(f"memory_error must be 'step-down' or 'raise', not {memory_error!r}")
+    if stall_timeout <= 0:
+        raise UsageError(f"stall_timeout must be positive, not {stall_timeout!r}")
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"batch_size must be at least 1, not {batch_size!r}")
+    if not callable(fn):
+        raise UsageError(f"fn must be callable, not {type(fn).__name__}")
+    tasks = len(items) if isinstance(items, Sized) else None
+    rungs, plan_name = _resolve(ladder, profile, policy, tasks)
+    settings = Settings(
+        errors=errors,
+        ordered=ordered,
+        stall_timeout=stall_timeout,
+        memory_error_steps_down=memory_error == "step-down",
+        batch_size=batch_size,
+        reuse=reuse,
+    )
+    return Engine(fn, items, rungs, settings, plan_name)
+
+
+def _progress(total: int | None, progress: bool | None) -> Any:
+    """A tqdm bar on stderr: ``True`` always, ``None`` only on a terminal, ``False`` never."""
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="task", file=sys.stderr, dynamic_ncols=True)
+
+
+def run(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    ladder: LadderSpec | None = None,
+    profile: str | None = None,
+    policy: Any = None,
+    errors: Errors = "raise",
+    progress: bool | None = False,
+    stall_timeout: float = 3.0,
+    memory_error: MemoryErrors = "step-down",
+    batch_size: int | None = None,
+    reuse: bool = True,
+) -> Run[R]:
+    """Run ``fn`` on every item, stepping down the ladder when the machine says no.
+
+    Results come back in input order. With ``errors="raise"`` the first task exception is
+    raised unchanged (its worker traceback as ``__cause__``) and the rest is cancelled; with
+    ``errors="return"`` it takes that task's place in ``results``.
+
+    ``ladder`` (e.g. ``["loky:3", "thread:2"]``) overrides the policy; otherwise ``profile``
+    and ``policy`` pick one (see the policy docs). ``stall_timeout`` bounds how long dead
+    executor machinery may hold tasks before it counts as a failure. ``memory_error`` says
+    whether a ``MemoryError`` raised inside a task steps down (a rung with fewer workers may
+    fit) or is the task's error. ``reuse`` keeps a healthy pool warm for the next call.
+    """
+    engine = _engine(
+        fn,
+        items,
+        ladder=ladder,
+        profile=profile,
+        policy=policy,
+        errors=errors,
+        ordered=True,
+        stall_timeout=stall_timeout,
+        memory_error=memory_error,
+        batch_size=batch_size,
+        reuse=reuse,
+    )
+    results: list[Any] = []
+    bar = _progress(engine.report.tasks or None, progress)
+    try:
+        for _index, value, _ok in engine:
+            results.append(value)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    log.info("%s", engine.report)
+    return Run(results, engine.report)
+
+
+def map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    **options: Any,
+) -> list[R]:
+    """``run(fn, items, **options).results``."""
+    return run(fn, items, **options).results
+
+
+def imap(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    ordered: bool = True,
+    ladder: LadderSpec | None = None,
+    profile: str | None = None,
+    policy: Any = None,
+    errors: Errors = "raise",
+    stall_timeout: float = 3.0,
+    memory_error: MemoryErrors = "step-down",
+    batch_size: int | None = None,
+    reuse: bool = True,
+) -> Iterator[R]:
+    """Results as they come: in input order, or as completed with ``ordered=False``.
+
+    Items are read lazily: a generator of a million items is never held in memory at once.
+    """
+    engine = _engine(
+        fn,
+        items,
+        ladder=ladder,
+        profile=profile,
+        policy=policy,
+        errors=errors,
+        ordered=ordered,
+        stall_timeout=stall_timeout,
+        memory_error=memory_error,
+        batch_size=batch_size,
+        reuse=reuse,
+    )
+    return (value for _index, value, _ok in engine)
