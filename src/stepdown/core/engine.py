@@ -393,13 +393,16 @@ class Engine:
         failure: BaseException | None = None
         finished = [f for f in done if f in self._flights]
         for future in sorted(finished, key=lambda f: self._flights[f].batch.indexes[0]):
-            flight = self._flights.pop(future)
+            flight = self._flights[future]
             error = future.exception()
             if error is not None:
-                self._requeue_batch(flight.batch)
                 if flight.backend is backend:
-                    failure = failure or error
+                    failure = failure or error  # _step_down moves it on, with its siblings
+                else:
+                    del self._flights[future]
+                    self._requeue_batch(flight.batch)
                 continue
+            del self._flights[future]
             current = flight.backend is backend
             memory = yield from self._deliver(
                 flight.batch, flight.record, future.result(), can_step_down=current and not last
@@ -481,7 +484,7 @@ class Engine:
         for future, flight in list(self._flights.items()):
             if flight.backend is not backend:
                 continue
-            if future.done() and future.exception() is None and not future.cancelled():
+            if future.done() and not future.cancelled() and future.exception() is None:
                 continue  # finished: delivered by _drain_orphans or the next rung's waits
             if backend.in_process and not future.cancel() and not future.done():
                 continue  # running in a thread of ours: an orphan, its result will be kept

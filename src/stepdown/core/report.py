@@ -30,6 +30,8 @@ class RungRecord:
             return f"{self.label} skipped ({self.skipped})"
         if not self.started:
             return f"{self.label} could not start ({self.failure})"
+        if self.backend == "isolation":
+            return f"suspects run alone in fresh processes, {self.finished} finished"
         start = "warm" if self.reused else f"started in {self.start_seconds * 1000:.0f} ms"
         text = f"{self.label} ({start}) finished {self.finished}"
         if self.failure is not None:
@@ -69,9 +71,12 @@ class Report:
         parts[0] += ": " + "; ".join(r.describe() for r in self.rungs) + "."
         tail = [f"{self.rerun} ran again after a failure (they were in flight)"]
         if self.isolated:
-            tail.append(f"{self.isolated} suspects re-run alone in fresh processes")
-        if self.crashed:
-            tail.append(f"{len(self.crashed)} crashed their worker (tasks {self.crashed[:10]})")
+            tail.append(f"{self.isolated} were suspects")
         if self.task_errors:
             tail.append(f"{self.task_errors} raised")
+        if self.crashed:
+            tail.append(
+                f"{len(self.crashed)} killed their worker twice (tasks "
+                f"{', '.join(map(str, self.crashed[:10]))})"
+            )
         return parts[0] + " " + "; ".join(tail).capitalize() + "."

@@ -1,0 +1,107 @@
+"""Faults produced for real, without cgroups: a worker SIGKILLed mid-run, a task that kills its
+own process every time, a task that raises a real MemoryError."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import stepdown
+from stepdown.core.errors import Reason
+
+from tasks import executions, huge_for_5, poison_13, recorded
+
+pytestmark = pytest.mark.timeout(90)
+
+KILLABLE = {
+    "loky": ["loky:2", "thread:2"],
+    "process": [{"backend": "process", "workers": 2, "start_method": "fork"}, "thread:2"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(KILLABLE))
+def test_worker_sigkilled_mid_run(
+    name: str, tmp_path: Path, warnings_log: pytest.LogCaptureFixture
+) -> None:
+    directory = str(tmp_path)
+    finished_before_kill: dict[int, int] = {}
+
+    def killer() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done = executions(directory, "done")
+            if len(done) >= 10:
+                names = [n for n in os.listdir(directory) if n.startswith("start-")]
+                victim = next(int(n.split("-")[2]) for n in names if int(n.split("-")[2]) != os.getpid())
+                finished_before_kill.update(executions(directory, "done"))
+                os.kill(victim, signal.SIGKILL)
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    started = time.monotonic()
+    run = stepdown.run(recorded, [(directory, i) for i in range(40)], ladder=KILLABLE[name])
+    thread.join()
+    assert time.monotonic() - started < 30
+
+    assert run.results == [i * i for i in range(40)]
+    assert finished_before_kill, "the killer never fired"
+    starts = executions(directory)
+    assert set(starts) == set(range(40))
+    # Nothing that had finished before the kill ran again.
+    assert all(starts[i] == 1 for i in finished_before_kill)
+    twice = sum(n - 1 for n in starts.values())
+    assert twice <= run.report.rerun
+    first = run.report.rungs[0]
+    assert first.failure is not None and first.reason == Reason.WORKER_DIED.value
+    assert "SIGKILL" in str(run.report) or name == "process"
+    assert any(
+        "failed: a worker process died" in r.message and "stepping down to" in r.message
+        and "tasks left" in r.message
+        for r in warnings_log.records
+    ), [r.message for r in warnings_log.records]
+
+
+@pytest.mark.parametrize("name", sorted(KILLABLE))
+def test_poison_task_is_isolated_not_run_in_caller(
+    name: str, warnings_log: pytest.LogCaptureFixture
+) -> None:
+    run = stepdown.run(poison_13, range(30), ladder=KILLABLE[name], errors="return")
+    # We are still alive: the poison never ran in this process.
+    crashed = run.results[13]
+    assert isinstance(crashed, stepdown.TaskCrashed)
+    assert crashed.index == 13 and crashed.exitcode == -signal.SIGKILL
+    assert [r for i, r in enumerate(run.results) if i != 13] == [i for i in range(30) if i != 13]
+    assert run.report.crashed == [13]
+    assert run.report.isolated >= 1
+    assert any("task 13 killed its worker process again" in r.message
+               for r in warnings_log.records)
+
+
+def test_poison_task_raises_task_crashed() -> None:
+    with pytest.raises(stepdown.TaskCrashed, match="task 13 .*SIGKILL"):
+        stepdown.run(poison_13, range(20), ladder=["loky:2"])
+
+
+@pytest.mark.parametrize("name", sorted(KILLABLE))
+def test_memory_error_in_a_task_steps_down(
+    name: str, warnings_log: pytest.LogCaptureFixture
+) -> None:
+    run = stepdown.run(huge_for_5, range(20), ladder=KILLABLE[name], errors="return")
+    assert isinstance(run.results[5], MemoryError)
+    assert [r for i, r in enumerate(run.results) if i != 5] == [i for i in range(20) if i != 5]
+    reasons = [r.reason for r in run.report.rungs]
+    assert reasons[0] == Reason.OUT_OF_MEMORY.value
+    assert run.report.final_rung == "sequential"
+    assert any("out of memory" in r.message for r in warnings_log.records)
+
+
+def test_memory_error_as_task_error_when_asked() -> None:
+    with pytest.raises(MemoryError):
+        stepdown.run(huge_for_5, range(20), ladder=["loky:2"], memory_error="raise")
