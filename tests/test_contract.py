@@ -13,7 +13,6 @@ import pytest
 
 import stepdown
 from stepdown.core.errors import RemoteTraceback
-
 from tasks import TaskBug, fails_on_7, pid, slow_square, square
 
 pytestmark = pytest.mark.timeout(60)
@@ -72,9 +71,7 @@ def test_task_exception_returned(ladder: list[object]) -> None:
 
 
 def test_imap_ordered_and_unordered(ladder: list[object]) -> None:
-    assert list(stepdown.imap(slow_square, range(30), ladder=ladder)) == [
-        x * x for x in range(30)
-    ]
+    assert list(stepdown.imap(slow_square, range(30), ladder=ladder)) == [x * x for x in range(30)]
     got = list(stepdown.imap(slow_square, range(30), ladder=ladder, ordered=False))
     assert sorted(got) == [x * x for x in range(30)]
 
@@ -161,6 +158,17 @@ def test_import_is_light() -> None:
 
 def test_public_names() -> None:
     assert sorted(stepdown.__all__) == [
-        "BackendUnavailable", "Executor", "PolicyError", "Reason", "Report", "ResourceFailure",
-        "Run", "StepdownError", "TaskCrashed", "UsageError", "imap", "map", "run",
+        "BackendUnavailable",
+        "Executor",
+        "PolicyError",
+        "Reason",
+        "Report",
+        "ResourceFailure",
+        "Run",
+        "StepdownError",
+        "TaskCrashed",
+        "UsageError",
+        "imap",
+        "map",
+        "run",
     ]

@@ -13,7 +13,6 @@ import pytest
 
 import stepdown
 from stepdown.core.errors import Reason
-
 from tasks import executions, huge_for_5, poison_13, recorded
 
 pytestmark = pytest.mark.timeout(90)
@@ -37,7 +36,9 @@ def test_worker_sigkilled_mid_run(
             done = executions(directory, "done")
             if len(done) >= 10:
                 names = [n for n in os.listdir(directory) if n.startswith("start-")]
-                victim = next(int(n.split("-")[2]) for n in names if int(n.split("-")[2]) != os.getpid())
+                victim = next(
+                    int(n.split("-")[2]) for n in names if int(n.split("-")[2]) != os.getpid()
+                )
                 finished_before_kill.update(executions(directory, "done"))
                 os.kill(victim, signal.SIGKILL)
                 return
@@ -62,7 +63,8 @@ def test_worker_sigkilled_mid_run(
     assert first.failure is not None and first.reason == Reason.WORKER_DIED.value
     assert "SIGKILL" in str(run.report) or name == "process"
     assert any(
-        "failed: a worker process died" in r.message and "stepping down to" in r.message
+        "failed: a worker process died" in r.message
+        and "stepping down to" in r.message
         and "tasks left" in r.message
         for r in warnings_log.records
     ), [r.message for r in warnings_log.records]
@@ -80,8 +82,7 @@ def test_poison_task_is_isolated_not_run_in_caller(
     assert [r for i, r in enumerate(run.results) if i != 13] == [i for i in range(30) if i != 13]
     assert run.report.crashed == [13]
     assert run.report.isolated >= 1
-    assert any("task 13 killed its worker process again" in r.message
-               for r in warnings_log.records)
+    assert any("task 13 killed its worker process again" in r.message for r in warnings_log.records)
 
 
 def test_poison_task_raises_task_crashed() -> None:

@@ -1,0 +1,7 @@
+"""``python -m stepdown``: the same as the ``stepdown`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
