@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from .engine import Engine, Settings
 from .errors import UsageError
 from .report import Report
-from .rung import Rung, parse_ladder
+from .rung import Rung
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 __all__ = ["Run", "imap", "map", "run"]
 
@@ -39,15 +41,25 @@ def _resolve(
     profile: str | None,
     policy: Any,
     tasks: int | None,
-) -> tuple[list[Rung], str | None]:
-    """The rungs with worker counts resolved, and a name for the plan they came from."""
-    rungs = parse_ladder(list(ladder) if ladder is not None else ["loky", "thread"])
-    cpus = len(os.sched_getaffinity(0))
-    resolved = []
-    for rung in rungs:
-        cap = rung.workers or cpus
-        resolved.append(Rung(rung.backend, max(1, min(cap, tasks or cap)), rung.options))
-    return resolved, None
+    task_memory: int | str | None = None,
+) -> Plan:
+    """The plan for this run: the policy's ladder (or ``ladder``) sized to this machine."""
+    from .plan import plan
+
+    chosen = plan(
+        tasks=tasks, profile=profile, policy=policy, ladder=ladder, task_memory=task_memory
+    )
+    log.info(
+        "plan: profile %s (%s), %s: %s",
+        chosen.profile,
+        chosen.profile_source,
+        chosen.rule.label,
+        " → ".join(r.label for r in chosen.rungs if not r.skipped),
+    )
+    for planned in chosen.rungs:
+        if planned.skipped:
+            log.info("plan: %s skipped: %s", planned.rung.label(), planned.reason)
+    return chosen
 
 
 def _engine(
@@ -63,6 +75,7 @@ def _engine(
     memory_error: MemoryErrors = "step-down",
     batch_size: int | None = None,
     reuse: bool = True,
+    task_memory: int | str | None = None,
 ) -> Engine:
     if errors not in ("raise", "return"):
         raise UsageError(f"errors must be 'raise' or 'return', not {errors!r}")
@@ -75,7 +88,7 @@ def _engine(
     if not callable(fn):
         raise UsageError(f"fn must be callable, not {type(fn).__name__}")
     tasks = len(items) if isinstance(items, Sized) else None
-    rungs, plan_name = _resolve(ladder, profile, policy, tasks)
+    chosen = _resolve(ladder, profile, policy, tasks, task_memory)
     settings = Settings(
         errors=errors,
         ordered=ordered,
@@ -84,7 +97,7 @@ def _engine(
         batch_size=batch_size,
         reuse=reuse,
     )
-    return Engine(fn, items, rungs, settings, plan_name)
+    return Engine(fn, items, list(chosen.usable_rungs()), settings, chosen)
 
 
 def _progress(total: int | None, progress: bool | None) -> Any:
@@ -109,6 +122,7 @@ def run(
     memory_error: MemoryErrors = "step-down",
     batch_size: int | None = None,
     reuse: bool = True,
+    task_memory: int | str | None = None,
 ) -> Run[R]:
     """Run ``fn`` on every item, stepping down the ladder when the machine says no.
 
@@ -121,6 +135,8 @@ def run(
     executor machinery may hold tasks before it counts as a failure. ``memory_error`` says
     whether a ``MemoryError`` raised inside a task steps down (a rung with fewer workers may
     fit) or is the task's error. ``reuse`` keeps a healthy pool warm for the next call.
+    ``task_memory`` (e.g. ``"300MiB"``) declares what one task holds; the plan sizes rungs
+    with it.
     """
     engine = _engine(
         fn,
@@ -134,6 +150,7 @@ def run(
         memory_error=memory_error,
         batch_size=batch_size,
         reuse=reuse,
+        task_memory=task_memory,
     )
     results: list[Any] = []
     bar = _progress(engine.report.tasks or None, progress)
@@ -171,6 +188,7 @@ def imap(
     memory_error: MemoryErrors = "step-down",
     batch_size: int | None = None,
     reuse: bool = True,
+    task_memory: int | str | None = None,
 ) -> Iterator[R]:
     """Results as they come: in input order, or as completed with ``ordered=False``.
 
@@ -188,5 +206,6 @@ def imap(
         memory_error=memory_error,
         batch_size=batch_size,
         reuse=reuse,
+        task_memory=task_memory,
     )
     return (value for _index, value, _ok in engine)

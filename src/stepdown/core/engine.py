@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import pools
 from .backend import Backend
@@ -52,6 +52,9 @@ from .errors import (
 from .isolation import Crashed, bisect
 from .report import Report, RungRecord
 from .rung import Rung
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 __all__ = ["Engine", "Inbox", "Settings"]
 
@@ -189,14 +192,26 @@ class Engine:
     items: Iterable[Any] | Inbox
     rungs: list[Rung]
     settings: Settings = field(default_factory=Settings)
-    plan_name: str | None = None
+    plan: Plan | None = None
 
     accept: Callable[[Any], bool] = field(default=lambda item: True)
 
     def __post_init__(self) -> None:
         self._inbox = self.items if isinstance(self.items, Inbox) else None
         total = len(self.items) if isinstance(self.items, Sized) else None
-        self.report = Report(tasks=total or 0, plan=self.plan_name)
+        self.report = Report(tasks=total or 0)
+        if self.plan is not None:
+            self.report.plan = f"profile {self.plan.profile}, {self.plan.rule.label}"
+            for planned in self.plan.rungs:
+                if planned.skipped:
+                    self.report.rungs.append(
+                        RungRecord(
+                            label=planned.rung.label(),
+                            backend=planned.rung.backend,
+                            workers=0,
+                            skipped=planned.reason,
+                        )
+                    )
         self._source: Iterator[Any] = (
             iter(()) if isinstance(self.items, Inbox) else iter(self.items)
         )

@@ -66,13 +66,13 @@ class Executor(_Executor):
         stall_timeout: float = 3.0,
         reuse: bool = True,
     ) -> None:
-        self._rungs, plan_name = _resolve(ladder, profile, policy, None)
+        chosen = _resolve(ladder, profile, policy, None)
         self._inbox = Inbox()
         self._order: list[_Call] = []
         self._engine = Engine(
             _apply,
             self._inbox,
-            self._rungs,
+            list(chosen.usable_rungs()),
             Settings(
                 errors="return",
                 ordered=False,
@@ -80,7 +80,7 @@ class Executor(_Executor):
                 reuse=reuse,
                 batch_size=1,
             ),
-            plan_name,
+            chosen,
             accept=self._accept,
         )
         self._thread: threading.Thread | None = None
