@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+import faults
+
 from stepdown.core import pools
 
 # Every local backend, each as a one-rung ladder (sequential is appended by the runner).
@@ -36,3 +38,11 @@ def _cold_pools() -> Iterator[None]:
 def warnings_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.WARNING, logger="stepdown")
     return caplog
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftover_cgroups() -> Iterator[None]:
+    """Remove test cgroups left behind by a crashed earlier run."""
+    faults.cleanup_leftovers()
+    yield
+    faults.cleanup_leftovers()

@@ -160,6 +160,7 @@ def test_public_names() -> None:
     assert sorted(stepdown.__all__) == [
         "BackendUnavailable",
         "Executor",
+        "Plan",
         "PolicyError",
         "Reason",
         "Report",
@@ -170,5 +171,8 @@ def test_public_names() -> None:
         "UsageError",
         "imap",
         "map",
+        "plan",
         "run",
     ]
+    for name in stepdown.__all__:
+        assert getattr(stepdown, name) is not None

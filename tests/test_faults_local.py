@@ -21,11 +21,20 @@ KILLABLE = {
     "loky": ["loky:2", "thread:2"],
     "process": [{"backend": "process", "workers": 2, "start_method": "fork"}, "thread:2"],
 }
+# The same, without the one fresh pool a process rung gets after a worker died.
+NO_RESTART = {
+    "loky": [{"backend": "loky", "workers": 2, "restarts": 0}, "thread:2"],
+    "process": [
+        {"backend": "process", "workers": 2, "start_method": "fork", "restarts": 0},
+        "thread:2",
+    ],
+}
 
 
+@pytest.mark.parametrize("restart", [True, False], ids=["restart", "no-restart"])
 @pytest.mark.parametrize("name", sorted(KILLABLE))
 def test_worker_sigkilled_mid_run(
-    name: str, tmp_path: Path, warnings_log: pytest.LogCaptureFixture
+    name: str, restart: bool, tmp_path: Path, warnings_log: pytest.LogCaptureFixture
 ) -> None:
     directory = str(tmp_path)
     finished_before_kill: dict[int, int] = {}
@@ -47,7 +56,8 @@ def test_worker_sigkilled_mid_run(
     thread = threading.Thread(target=killer)
     thread.start()
     started = time.monotonic()
-    run = stepdown.run(recorded, [(directory, i) for i in range(40)], ladder=KILLABLE[name])
+    ladder = KILLABLE[name] if restart else NO_RESTART[name]
+    run = stepdown.run(recorded, [(directory, i) for i in range(40)], ladder=ladder)
     thread.join()
     assert time.monotonic() - started < 30
 
@@ -62,12 +72,16 @@ def test_worker_sigkilled_mid_run(
     first = run.report.rungs[0]
     assert first.failure is not None and first.reason == Reason.WORKER_DIED.value
     assert "SIGKILL" in str(run.report) or name == "process"
+    then = "restarting it with a fresh pool" if restart else "stepping down to thread(2)"
     assert any(
-        "failed: a worker process died" in r.message
-        and "stepping down to" in r.message
+        f"{first.label} failed: a worker process died" in r.message
+        and then in r.message
         and "tasks left" in r.message
         for r in warnings_log.records
     ), [r.message for r in warnings_log.records]
+    second = run.report.rungs[1]
+    assert second.label == (first.label if restart else "isolation(1)")
+    assert run.report.final_rung == (first.label if restart else "thread(2)")
 
 
 @pytest.mark.parametrize("name", sorted(KILLABLE))

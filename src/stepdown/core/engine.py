@@ -49,7 +49,6 @@ from .errors import (
     TaskCrashed,
     to_failure,
 )
-from .isolation import Crashed, bisect
 from .report import Report, RungRecord
 from .rung import Rung
 
@@ -120,10 +119,12 @@ class _Sizer:
         if self.per_task is None:
             return 1
         # Grow at most fourfold a step, so one early fast sample cannot pull a huge batch.
-        size = max(1, min(int(self.target / self.per_task), 4 * self.last, _MAX_BATCH))
+        ideal = max(1, min(int(self.target / self.per_task), _MAX_BATCH))
+        size = min(ideal, 4 * self.last)
         if remaining is not None:
-            # Several batches per worker, so the last ones do not leave workers idle.
-            size = min(size, max(1, math.ceil(remaining / (4 * workers))))
+            # Several batches per worker, so the last ones do not leave workers idle; but not
+            # a tail of tiny batches that each pay the per-batch cost.
+            size = min(size, max(math.ceil(remaining / (4 * workers)), ideal // 4, 1))
         self.last = size
         return size
 
@@ -252,29 +253,48 @@ class Engine:
     # ---- the ladder ------------------------------------------------------------------
 
     def _drive(self) -> Iterator[Outcome]:
-        for position, rung in enumerate(self.rungs):
-            if self._finished():
-                break
+        position = 0
+        restarts = 0
+        while position < len(self.rungs) and not self._finished():
+            rung = self.rungs[position]
             last = position == len(self.rungs) - 1
             if rung.in_process and any(b.suspect for b in self._requeue):
                 yield from self._isolate()
             backend = self._start(rung, position)
             if backend is None:
+                position += 1
                 continue
             record = self.report.rungs[-1]
             rung_started = time.perf_counter()
             try:
-                failure = yield from self._run_on(backend, record, last)
+                error = yield from self._run_on(backend, record, last)
             except BaseException:
                 self._abort(backend, rung)
                 raise
             finally:
                 record.wall = time.perf_counter() - rung_started
-            if failure is None:
+            if error is None:
                 pools.release(backend, rung, self.settings.reuse)
                 yield from self._drain_orphans()
                 return
-            self._step_down(backend, record, failure, position)
+            failure = to_failure(error, backend.label)
+            # One dead worker does not prove the machine cannot afford the pool (a passing
+            # memory spike, a stray kill): a process rung gets a fresh pool `restarts` times.
+            # A poison task kills the fresh pool too, and the ladder then goes on.
+            restart = (
+                not backend.in_process
+                and failure.reason is Reason.WORKER_DIED
+                and restarts < int(rung.options.get("restarts", 1))
+            )
+            if restart:
+                restarts += 1
+                self._step_down(backend, record, failure, "restarting it with a fresh pool")
+                continue
+            self._step_down(
+                backend, record, failure, f"stepping down to {self._next_label(position)}"
+            )
+            position += 1
+            restarts = 0
         if not self._finished():
             raise ResourceFailure(Reason.EXECUTOR_BROKEN, "every rung of the ladder failed")
 
@@ -491,9 +511,8 @@ class Engine:
     # ---- stepping down ---------------------------------------------------------------
 
     def _step_down(
-        self, backend: Backend, record: RungRecord, error: BaseException, position: int
+        self, backend: Backend, record: RungRecord, failure: ResourceFailure, then: str
     ) -> None:
-        failure = to_failure(error, backend.label)
         died = failure.reason is Reason.WORKER_DIED
         moved = 0
         for future, flight in list(self._flights.items()):
@@ -516,11 +535,11 @@ class Engine:
         record.reason = failure.reason.value
         record.requeued = moved
         log.warning(
-            "%s failed: %s (%s); stepping down to %s with %s",
+            "%s failed: %s (%s); %s with %s",
             backend.label,
             failure.reason.value,
             failure.detail,
-            self._next_label(position),
+            then,
             self._left(),
         )
 
@@ -536,6 +555,8 @@ class Engine:
 
     def _isolate(self) -> Iterator[Outcome]:
         """Run each suspect batch alone in fresh processes before an in-process rung."""
+        from .isolation import Crashed, bisect  # multiprocessing: only when needed
+
         suspects = [b for b in self._requeue if b.suspect]
         self._requeue = [b for b in self._requeue if not b.suspect]
         if self._payload is None:

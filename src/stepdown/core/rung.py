@@ -36,15 +36,25 @@ BACKENDS: Mapping[str, BackendInfo] = {
     "process": BackendInfo(
         "stepdown.backends.process",
         in_process=False,
-        options={"start_method": str},
+        options={"start_method": str, "restarts": int},
     ),
     "loky": BackendInfo(
-        "stepdown.backends.loky", in_process=False, options={}, install="pip install loky"
+        "stepdown.backends.loky",
+        in_process=False,
+        options={"restarts": int},
+        install="pip install loky",
     ),
     "ray": BackendInfo(
         "stepdown.backends.ray",
         in_process=False,
-        options={"address": str, "max_retries": int, "reuse": bool},
+        options={
+            "address": str,
+            "max_retries": int,
+            "reuse": bool,
+            "restarts": int,
+            "connect_timeout": (int, float),
+            "object_store_memory": (str, int),
+        },
         install="pip install 'stepdown[ray]'",
     ),
 }
@@ -139,6 +149,8 @@ def parse_rung(spec: str | Mapping[str, Any] | Rung, where: str = "rung") -> Run
                 raise UsageError(f"{where}.{key}: unexpected value {value!r}")
             if not isinstance(value, expected):
                 raise UsageError(f"{where}.{key}: unexpected value {value!r}")
+            if expected is int and value < 0:
+                raise UsageError(f"{where}.{key}: must be 0 or more, not {value}")
         method = table.get("start_method")
         if method is not None and method not in START_METHODS:
             raise UsageError(
