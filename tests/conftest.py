@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import pytest
 
 import faults
-
 from stepdown.core import pools
 
 # Every local backend, each as a one-rung ladder (sequential is appended by the runner).

@@ -173,6 +173,30 @@ _TABLE: list[tuple[Callable[[BaseException], bool], Reason]] = [
         lambda e: isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOSPC),
         Reason.CANNOT_START_PROCESS,
     ),
+    # Ray's failures, by name (ray is never imported here); "RayError" among the names makes
+    # sure the class is Ray's. Ray's others (RaySystemError, OutOfDiskError, ObjectLostError,
+    # TaskCancelledError, ...) fall through: the executor broke.
+    (
+        lambda e: (
+            "RayError" in _names(e)
+            and bool(_names(e) & {"OutOfMemoryError", "ObjectStoreFullError"})
+        ),
+        Reason.OUT_OF_MEMORY,
+    ),
+    (
+        lambda e: (
+            "RayError" in _names(e)
+            and bool(
+                _names(e)
+                & {"WorkerCrashedError", "RayActorError", "NodeDiedError", "LocalRayletDiedError"}
+            )
+        ),
+        Reason.WORKER_DIED,
+    ),
+    (
+        lambda e: "RayError" in _names(e) and "GetTimeoutError" in _names(e),
+        Reason.EXECUTOR_STALLED,
+    ),
     (lambda e: isinstance(e, BrokenExecutor), Reason.EXECUTOR_BROKEN),
 ]
 
