@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-import faults
 from stepdown.core import pools
+
+import faults
 
 # Every local backend, each as a one-rung ladder (sequential is appended by the runner).
 BACKEND_LADDERS = {

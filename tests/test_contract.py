@@ -13,6 +13,7 @@ import pytest
 
 import stepdown
 from stepdown.core.errors import RemoteTraceback
+
 from tasks import TaskBug, fails_on_7, pid, slow_square, square
 
 pytestmark = pytest.mark.timeout(60)

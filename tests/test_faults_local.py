@@ -13,6 +13,7 @@ import pytest
 
 import stepdown
 from stepdown.core.errors import Reason
+
 from tasks import executions, huge_for_5, poison_13, recorded
 
 pytestmark = pytest.mark.timeout(90)
