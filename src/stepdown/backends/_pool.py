@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -79,6 +80,15 @@ class PoolBackend(Backend):
     def worker_pids(self) -> list[int]:
         processes = getattr(self._pool, "_processes", None) or {}
         return list(processes)
+
+    def dead_worker_exitcode(self) -> int | None:
+        processes = getattr(self._pool, "_processes", None) or {}
+        codes: list[int | None] = [getattr(p, "exitcode", None) for p in processes.values()]
+        # A broken stdlib pool terminates the survivors itself (SIGTERM): the cause is the other.
+        dead = [c for c in codes if c is not None and c != 0]
+        own = [c for c in dead if c != -signal.SIGTERM]
+        found = own or dead
+        return found[0] if found else None
 
     def _kill_workers(self) -> None:
         processes = getattr(self._pool, "_processes", None) or {}

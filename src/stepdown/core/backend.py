@@ -80,6 +80,13 @@ class Backend(abc.ABC):
         """PIDs of the worker processes (empty for in-process backends)."""
         return []
 
+    def dead_worker_exitcode(self) -> int | None:
+        """The exit code of a worker that died on its own (``-9``: SIGKILL), if one did.
+
+        Called before :meth:`abandon`, which kills the rest.
+        """
+        return None
+
     @abc.abstractmethod
     def abandon(self) -> None:
         """Give up on a broken executor: kill its workers, cancel what is queued, never join.

@@ -224,6 +224,9 @@ class Engine:
         self._delivered = 0
         self._sizer = _Sizer(self.settings, total)
         self._payload: bytes | None = None
+        # The rung running now (for a caller that wants to watch or, in the demo, to kill one
+        # of its workers); None before the first rung starts.
+        self.backend: Backend | None = None
         self._start_method: str | None = None
 
     # ---- iteration -------------------------------------------------------------------
@@ -264,6 +267,7 @@ class Engine:
             if backend is None:
                 position += 1
                 continue
+            self.backend = backend
             record = self.report.rungs[-1]
             rung_started = time.perf_counter()
             try:
@@ -277,7 +281,7 @@ class Engine:
                 pools.release(backend, rung, self.settings.reuse)
                 yield from self._drain_orphans()
                 return
-            failure = to_failure(error, backend.label)
+            failure = to_failure(error, backend.label, backend.dead_worker_exitcode())
             # One dead worker does not prove the machine cannot afford the pool (a passing
             # memory spike, a stray kill): a process rung gets a fresh pool `restarts` times.
             # A poison task kills the fresh pool too, and the ladder then goes on.

@@ -234,11 +234,14 @@ def exitcode_from(exc: BaseException) -> int | None:
     return int(found.group(2) or found.group(3))
 
 
-def to_failure(exc: BaseException, rung: str | None = None) -> ResourceFailure:
+def to_failure(
+    exc: BaseException, rung: str | None = None, exitcode: int | None = None
+) -> ResourceFailure:
     """Translate anything the executor machinery raised into a :class:`ResourceFailure`.
 
     Whatever the machinery raises is infrastructure by construction (tasks run inside a wrapper
     that returns their exceptions as values); an unknown type is ``EXECUTOR_BROKEN``.
+    ``exitcode`` is a dead worker's, when the executor knows it but its message does not say.
     """
     if isinstance(exc, ResourceFailure):
         if exc.rung is None:
@@ -248,6 +251,8 @@ def to_failure(exc: BaseException, rung: str | None = None) -> ResourceFailure:
     detail = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
     if reason is Reason.WORKER_DIED:
         code = exitcode_from(exc)
+        if code is None:
+            code = exitcode
         if code is not None:
             detail = f"worker {describe_exitcode(code)}"
             if code == -signal.SIGKILL:

@@ -149,7 +149,7 @@ def parse_rung(spec: str | Mapping[str, Any] | Rung, where: str = "rung") -> Run
                 raise UsageError(f"{where}.{key}: unexpected value {value!r}")
             if not isinstance(value, expected):
                 raise UsageError(f"{where}.{key}: unexpected value {value!r}")
-            if expected is int and value < 0:
+            if expected is int and isinstance(value, int) and value < 0:
                 raise UsageError(f"{where}.{key}: must be 0 or more, not {value}")
         method = table.get("start_method")
         if method is not None and method not in START_METHODS:
