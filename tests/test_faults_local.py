@@ -3,9 +3,9 @@ own process every time, a task that raises a real MemoryError."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -38,41 +38,34 @@ def test_worker_sigkilled_mid_run(
     name: str, restart: bool, tmp_path: Path, warnings_log: pytest.LogCaptureFixture
 ) -> None:
     directory = str(tmp_path)
-    finished_before_kill: dict[int, int] = {}
-
-    def killer() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            done = executions(directory, "done")
-            if len(done) >= 10:
-                names = [n for n in os.listdir(directory) if n.startswith("start-")]
-                victim = next(
-                    int(n.split("-")[2]) for n in names if int(n.split("-")[2]) != os.getpid()
-                )
-                finished_before_kill.update(executions(directory, "done"))
-                os.kill(victim, signal.SIGKILL)
-                return
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=killer)
-    thread.start()
-    started = time.monotonic()
     ladder = KILLABLE[name] if restart else NO_RESTART[name]
-    run = stepdown.run(recorded, [(directory, i) for i in range(40)], ladder=ladder)
-    thread.join()
+    started = time.monotonic()
+    results = stepdown.imap(
+        recorded, [(directory, i) for i in range(40)], ladder=ladder, ordered=False
+    )
+    delivered: list[int] = []
+    delivered_before_kill: set[int] = set()
+    for value in results:
+        delivered.append(math.isqrt(value))
+        if len(delivered) == 10:
+            delivered_before_kill = set(delivered)
+            names = [n for n in os.listdir(directory) if n.startswith("start-")]
+            workers = {int(n.split("-")[2]) for n in names} - {os.getpid()}
+            os.kill(min(workers), signal.SIGKILL)
     assert time.monotonic() - started < 30
 
-    assert run.results == [i * i for i in range(40)]
-    assert finished_before_kill, "the killer never fired"
+    report = results.report
+    assert sorted(delivered) == list(range(40))
     starts = executions(directory)
     assert set(starts) == set(range(40))
-    # Nothing that had finished before the kill ran again.
-    assert all(starts[i] == 1 for i in finished_before_kill)
+    # No result delivered before the kill was computed again.
+    assert all(starts[i] == 1 for i in delivered_before_kill)
+    # What ran twice had been in flight, and the report counts it.
     twice = sum(n - 1 for n in starts.values())
-    assert twice <= run.report.rerun
-    first = run.report.rungs[0]
+    assert twice <= report.rerun
+    first = report.rungs[0]
     assert first.failure is not None and first.reason == Reason.WORKER_DIED.value
-    assert "SIGKILL" in str(run.report)
+    assert "killed by SIGKILL" in str(report)
     then = "restarting it with a fresh pool" if restart else "stepping down to thread(2)"
     assert any(
         f"{first.label} failed: a worker process died" in r.message
@@ -80,9 +73,9 @@ def test_worker_sigkilled_mid_run(
         and "tasks left" in r.message
         for r in warnings_log.records
     ), [r.message for r in warnings_log.records]
-    second = run.report.rungs[1]
+    second = report.rungs[1]
     assert second.label == (first.label if restart else "isolation(1)")
-    assert run.report.final_rung == (first.label if restart else "thread(2)")
+    assert report.final_rung == (first.label if restart else "thread(2)")
 
 
 @pytest.mark.parametrize("name", sorted(KILLABLE))

@@ -22,7 +22,8 @@ log = logging.getLogger("stepdown")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse's own errors: exit 2, one line
-        raise UsageError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("stepdown").strip()
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def _common(parser: argparse.ArgumentParser, *, policy: bool = True) -> None:
@@ -34,7 +35,9 @@ def _common(parser: argparse.ArgumentParser, *, policy: bool = True) -> None:
             "stepdown.toml, pyproject.toml [tool.stepdown]",
         )
     noise = parser.add_mutually_exclusive_group()
-    noise.add_argument("-v", "--verbose", action="store_true", help="log decisions (INFO, DEBUG)")
+    noise.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log decisions (-v INFO, -vv DEBUG)"
+    )
     noise.add_argument("-q", "--quiet", action="store_true", help="only errors")
 
 
@@ -95,7 +98,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _logging(args: argparse.Namespace) -> None:
-    level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
+    level = (
+        logging.ERROR
+        if args.quiet
+        else {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("stepdown: %(message)s"))
     log.addHandler(handler)

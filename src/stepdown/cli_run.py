@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import IO, Any
 
 from .core.errors import RemoteTraceback, UsageError
@@ -153,7 +153,8 @@ def run_jsonl(
     pairs: list[int] = []
     try:
         with open(output_path, "a", encoding="utf-8") as out:
-            for position, value, ok in _with_positions(engine, pairs):
+            outcomes = _with_positions(engine, pairs)
+            for position, value, ok in outcomes:
                 index = pairs[position]
                 line, good = _line(index, value, ok)
                 out.write(line + "\n")
@@ -162,9 +163,10 @@ def run_jsonl(
                     failed += 1
                     if errors == "raise":
                         print(f"stepdown: item {index} failed: {_first_line(value)}", file=stderr)
-                        return 1
+                        break
                 if bar is not None:
                     bar.update(1)
+            outcomes.close()  # after a break: cancel what is queued, free the executor
     finally:
         if bar is not None:
             bar.close()
@@ -174,7 +176,7 @@ def run_jsonl(
     return 1 if failed else 0
 
 
-def _with_positions(engine: Any, pairs: list[int]) -> Iterator[tuple[int, Any, bool]]:
+def _with_positions(engine: Any, pairs: list[int]) -> Generator[tuple[int, Any, bool], None, None]:
     """The engine numbers what it reads; remember which input index each number was."""
     source = engine._source
     engine._source = _Recorder(source, pairs)

@@ -120,7 +120,7 @@ def _budget_line(status: Mapping[str, Any]) -> str:
     if status.get("error"):
         return f"unavailable: {status['error']}"
     held = status.get("status") or {}
-    slots = held.get("held") or []
+    slots = held.get("slots") or []
     pids = sorted({s.get("pid") for s in slots if s.get("pid") is not None})
     return (
         f"{status.get('size')} slots at {status.get('directory')}; {len(slots)} held"

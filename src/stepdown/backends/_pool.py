@@ -17,8 +17,7 @@ from ..core.errors import Reason, ResourceFailure
 __all__ = ["PoolBackend"]
 
 # A pool whose machinery is dead while starting (a manager thread that could not start its
-# queue thread) fails after this long; one that is merely slow gets _START_TIMEOUT.
-_DEAD_AT_START = 3.0
+# queue thread) fails after the stall timeout; one that is merely slow gets this long.
 _START_TIMEOUT = 60.0
 
 
@@ -51,7 +50,7 @@ class PoolBackend(Backend):
             now = time.monotonic()
             what = self.health()
             dead_since = None if what is None else (dead_since or now)
-            if dead_since is not None and now - dead_since > _DEAD_AT_START:
+            if dead_since is not None and now - dead_since > self.stall_timeout:
                 raise ResourceFailure(Reason.EXECUTOR_STALLED, f"{what} while starting")
             if now - began > _START_TIMEOUT:
                 raise ResourceFailure(
@@ -82,13 +81,18 @@ class PoolBackend(Backend):
         return list(processes)
 
     def dead_worker_exitcode(self) -> int | None:
-        processes = getattr(self._pool, "_processes", None) or {}
-        codes: list[int | None] = [getattr(p, "exitcode", None) for p in processes.values()]
-        # A broken stdlib pool terminates the survivors itself (SIGTERM): the cause is the other.
-        dead = [c for c in codes if c is not None and c != 0]
-        own = [c for c in dead if c != -signal.SIGTERM]
-        found = own or dead
-        return found[0] if found else None
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        # The pool notices a death through the worker's sentinel, which may be a moment before
+        # the exit status can be read: look again briefly.
+        for _ in range(10):
+            codes: list[int | None] = [getattr(p, "exitcode", None) for p in processes]
+            # A broken stdlib pool SIGTERMs the survivors itself: the cause is the other code.
+            dead = [c for c in codes if c is not None and c != 0]
+            own = [c for c in dead if c != -signal.SIGTERM]
+            if own or dead:
+                return (own or dead)[0]
+            time.sleep(0.01)
+        return None
 
     def _kill_workers(self) -> None:
         processes = getattr(self._pool, "_processes", None) or {}

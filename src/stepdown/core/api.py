@@ -16,7 +16,7 @@ from .rung import Rung
 if TYPE_CHECKING:
     from .plan import Plan
 
-__all__ = ["Run", "imap", "map", "run"]
+__all__ = ["Results", "Run", "imap", "map", "run"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -189,10 +189,11 @@ def imap(
     batch_size: int | None = None,
     reuse: bool = True,
     task_memory: int | str | None = None,
-) -> Iterator[R]:
+) -> Results[R]:
     """Results as they come: in input order, or as completed with ``ordered=False``.
 
     Items are read lazily: a generator of a million items is never held in memory at once.
+    The iterator's ``report`` tells what the run has done so far; ``close()`` stops it early.
     """
     engine = _engine(
         fn,
@@ -208,4 +209,30 @@ def imap(
         reuse=reuse,
         task_memory=task_memory,
     )
-    return (value for _index, value, _ok in engine)
+    return Results(engine)
+
+
+class Results(Iterator[R]):
+    """The iterator ``imap`` returns: results, and the ``report`` of the run so far."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._outcomes = iter(engine)
+
+    @property
+    def report(self) -> Report:
+        return self._engine.report
+
+    def __iter__(self) -> Results[R]:
+        return self
+
+    def __next__(self) -> R:
+        _index, value, _ok = next(self._outcomes)
+        result: R = value
+        return result
+
+    def close(self) -> None:
+        """Stop the run: cancel what is queued and free the executor."""
+        close = getattr(self._outcomes, "close", None)
+        if close is not None:
+            close()

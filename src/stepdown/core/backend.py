@@ -47,6 +47,8 @@ class Backend(abc.ABC):
         # Set when the executor broke although the future it returned is still good (a thread
         # pool that could not add a thread after one took the call): the runner steps down.
         self.broken: BaseException | None = None
+        # How long dead machinery may hold work before it is a failure (the run's setting).
+        self.stall_timeout = 3.0
 
     @property
     def label(self) -> str:

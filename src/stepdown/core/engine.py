@@ -28,8 +28,10 @@ it stays in flight as an orphan and its result is kept when it finishes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import queue
 import threading
 import time
 from collections import deque
@@ -132,29 +134,27 @@ class _Sizer:
 class Inbox:
     """A source that is fed while the run goes on (``Executor.submit``), read without blocking.
 
-    ``wakeup()`` is a future that completes when there is something new to take, so the runner
-    can wait on it together with the batches in flight.
+    ``listener`` (set by the runner) is called after every ``put`` and on ``close``, so the
+    runner wakes for new work as it wakes for finished batches.
     """
 
     def __init__(self) -> None:
         self._items: deque[Any] = deque()
         self._closed = False
         self._lock = threading.Lock()
-        self._wake: Future[None] = Future()
+        self.listener: Callable[[None], None] = lambda _: None
 
     def put(self, item: Any) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._items.append(item)
-            wake, self._wake = self._wake, Future()
-        wake.set_result(None)
+        self.listener(None)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            wake, self._wake = self._wake, Future()
-        wake.set_result(None)
+        self.listener(None)
 
     def take(self, n: int, accept: Callable[[Any], bool]) -> tuple[list[Any], bool]:
         """Up to ``n`` items that ``accept`` admits, and whether the inbox is closed and empty."""
@@ -165,14 +165,6 @@ class Inbox:
                 if accept(item):
                     taken.append(item)
             return taken, self._closed and not self._items
-
-    def wakeup(self) -> Future[None]:
-        with self._lock:
-            if self._items or self._closed:
-                ready: Future[None] = Future()
-                ready.set_result(None)
-                return ready
-            return self._wake
 
 
 @dataclass
@@ -216,6 +208,11 @@ class Engine:
         self._source: Iterator[Any] = (
             iter(()) if isinstance(self.items, Inbox) else iter(self.items)
         )
+        # Finished futures arrive here from their done-callbacks (and None when the inbox has
+        # news): one queue to block on, instead of installing waiters on every flight per step.
+        self._events: queue.SimpleQueue[Future[Any] | None] = queue.SimpleQueue()
+        if self._inbox is not None:
+            self._inbox.listener = self._events.put
         self._next_index = 0
         self._exhausted = False
         self._requeue: list[_Batch] = []
@@ -312,7 +309,9 @@ class Engine:
         self.report.rungs.append(record)
         began = time.perf_counter()
         try:
-            backend, warm = pools.acquire(rung, workers, self.settings.reuse)
+            backend, warm = pools.acquire(
+                rung, workers, self.settings.reuse, self.settings.stall_timeout
+            )
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
@@ -333,7 +332,20 @@ class Engine:
         record.reused = warm
         record.start_seconds = time.perf_counter() - began
         if not backend.in_process and self._payload is None:
-            self._payload = dumps_function(self.fn)
+            try:
+                self._payload = dumps_function(self.fn)
+            except Exception as exc:  # cloudpickle cannot ship it: only in-process rungs can
+                pools.release(backend, rung, self.settings.reuse)
+                record.started = False
+                record.skipped = f"the function cannot be pickled: {type(exc).__name__}: {exc}"
+                record.failure = record.skipped
+                log.warning(
+                    "%s skipped: %s; stepping down to %s",
+                    label,
+                    record.skipped,
+                    self._next_label(position),
+                )
+                return None
         if not backend.in_process:
             self._start_method = rung.options.get("start_method")
         log.debug(
@@ -374,6 +386,7 @@ class Engine:
                     failure = exc
                     break
                 self._flights[future] = _Flight(batch, backend, record)
+                future.add_done_callback(self._events.put)
                 current += 1
                 if backend.broken is not None:
                     failure = backend.broken
@@ -382,9 +395,10 @@ class Engine:
                     break  # sequential: deliver before taking more
             if failure is None and self._finished():
                 return None
+            quiet = False
             if failure is None:
-                failure = yield from self._collect(backend, record, last)
-            if failure is None:
+                failure, quiet = yield from self._collect(backend, last)
+            if failure is None and quiet:
                 failure = self._watch(backend, stall)
             if failure is not None:
                 return failure
@@ -422,15 +436,20 @@ class Engine:
         self._requeue.append(batch)
         self._requeue.sort()
 
-    def _collect(self, backend: Backend, record: RungRecord, last: bool) -> Stepping:
-        waitables: list[Future[Any]] = list(self._flights)
-        if self._inbox is not None:
-            waitables.append(self._inbox.wakeup())
-        if not waitables:
-            return None
-        done, _ = wait(waitables, timeout=_POLL, return_when=FIRST_COMPLETED)
+    def _collect(
+        self, backend: Backend, last: bool
+    ) -> Generator[Outcome, None, tuple[BaseException | None, bool]]:
+        """Wait for finished batches and deliver them; return (failure, quiet) where quiet
+        means nothing happened for a poll interval (time for the watchdog to look)."""
+        try:
+            events = [self._events.get(timeout=_POLL)]
+        except queue.Empty:
+            return None, True
+        with contextlib.suppress(queue.Empty):
+            while True:
+                events.append(self._events.get_nowait())
+        finished = [f for f in events if f is not None and f in self._flights]
         failure: BaseException | None = None
-        finished = [f for f in done if f in self._flights]
         for future in sorted(finished, key=lambda f: self._flights[f].batch.indexes[0]):
             flight = self._flights[future]
             error = future.exception()
@@ -448,7 +467,7 @@ class Engine:
             )
             if memory is not None:
                 failure = failure or memory
-        return failure
+        return failure, False
 
     def _deliver(
         self, batch: _Batch, record: RungRecord, result: BatchResult, can_step_down: bool
@@ -575,9 +594,10 @@ class Engine:
                 pieces = list(bisect(self._payload, batch.indexes, batch.items, self._start_method))
             except OSError as exc:
                 log.warning(
-                    "cannot start a process to isolate %d suspect tasks (%s); they run on the "
-                    "next rung",
+                    "cannot start a process to isolate %d suspect task%s (%s); they run on "
+                    "the next rung",
                     len(batch.items),
+                    "" if len(batch.items) == 1 else "s",
                     exc,
                 )
                 batch.suspect = False

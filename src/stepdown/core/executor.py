@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from .api import LadderSpec, _resolve
 from .engine import Engine, Inbox, Settings
+from .errors import to_failure
 from .report import Report
 
 __all__ = ["Executor"]
@@ -68,7 +69,9 @@ class Executor(_Executor):
     ) -> None:
         chosen = _resolve(ladder, profile, policy, None)
         self._inbox = Inbox()
-        self._order: list[_Call] = []
+        # Calls taken by the runner and not yet delivered, by the runner's index.
+        self._taken: dict[int, _Call] = {}
+        self._count = 0
         self._engine = Engine(
             _apply,
             self._inbox,
@@ -95,7 +98,8 @@ class Executor(_Executor):
 
     def _accept(self, call: _Call) -> bool:
         if call.future.set_running_or_notify_cancel():
-            self._order.append(call)
+            self._taken[self._count] = call
+            self._count += 1
             return True
         return False
 
@@ -104,25 +108,29 @@ class Executor(_Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             future: Future[T] = Future()
-            self._inbox.put(_Call(future, fn, args, kwargs))
             if self._thread is None:
-                self._thread = threading.Thread(
+                thread = threading.Thread(
                     target=self._dispatch, name="stepdown-executor", daemon=True
                 )
-                self._thread.start()
+                try:
+                    thread.start()
+                except RuntimeError as exc:
+                    raise to_failure(exc, "stepdown.Executor") from exc
+                self._thread = thread
+            self._inbox.put(_Call(future, fn, args, kwargs))
         return future
 
     def _dispatch(self) -> None:
         try:
             for index, value, ok in self._engine:
-                future = self._order[index].future
+                future = self._taken.pop(index).future
                 if ok:
                     future.set_result(value)
                 else:
                     future.set_exception(value)
         except BaseException as exc:
             self._crash = exc
-            for call in self._order:
+            for call in list(self._taken.values()):
                 if not call.future.done():
                     call.future.set_exception(exc)
 

@@ -26,7 +26,9 @@ def _key(rung: Rung, workers: int) -> Hashable:
     return (rung.backend, workers, tuple(sorted((k, repr(v)) for k, v in rung.options.items())))
 
 
-def acquire(rung: Rung, workers: int, reuse: bool = True) -> tuple[Backend, bool]:
+def acquire(
+    rung: Rung, workers: int, reuse: bool = True, stall_timeout: float = 3.0
+) -> tuple[Backend, bool]:
     """A started backend for ``rung`` with ``workers``, and whether it was warm.
 
     Raises what starting raised (the caller translates it) or ``BackendUnavailable``.
@@ -37,10 +39,12 @@ def acquire(rung: Rung, workers: int, reuse: bool = True) -> tuple[Backend, bool
             backend = _idle.pop(key, None)
         if backend is not None:
             if backend.health() is None and backend.broken is None:
+                backend.stall_timeout = stall_timeout
                 return backend, True
             backend.abandon()
     cls = load_backend(rung)
     backend = cls(workers, rung.options)
+    backend.stall_timeout = stall_timeout
     try:
         backend.start()
     except BaseException:
@@ -53,7 +57,13 @@ def release(backend: Backend, rung: Rung, reuse: bool = True) -> None:
     """Keep a healthy, idle ``backend`` warm for the next run, else shut it down."""
     if backend.closed:
         return
-    if not reuse or backend.in_process or backend.broken is not None or backend.health():
+    if (
+        not reuse
+        or rung.options.get("reuse") is False
+        or backend.in_process
+        or backend.broken is not None
+        or backend.health()
+    ):
         backend.shutdown()
         return
     key = _key(rung, backend.workers)

@@ -69,7 +69,9 @@ class Report:
         if self.plan:
             parts[0] += f" ({self.plan})"
         parts[0] += ": " + "; ".join(r.describe() for r in self.rungs) + "."
-        tail = [f"{self.rerun} ran again after a failure (they were in flight)"]
+        tail = []
+        if self.stepped_down or self.rerun:
+            tail.append(f"{self.rerun} ran again after a failure (they were in flight)")
         if self.isolated:
             tail.append(f"{self.isolated} were suspects")
         if self.task_errors:
@@ -79,4 +81,7 @@ class Report:
                 f"{len(self.crashed)} killed their worker twice (tasks "
                 f"{', '.join(map(str, self.crashed[:10]))})"
             )
-        return parts[0] + " " + "; ".join(tail).capitalize() + "."
+        if not tail:
+            return parts[0]
+        text = "; ".join(tail)
+        return f"{parts[0]} {text[0].upper()}{text[1:]}."
