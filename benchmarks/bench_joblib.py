@@ -1,0 +1,130 @@
+"""``Parallel(backend="stepdown")`` against ``Parallel(backend="loky")``: is the step-down free?
+
+Two workloads of CPU-burning tasks: 10,000 tasks of 10 µs (scheduling overhead dominates) and
+40 tasks of 50 ms (the work dominates). A task is a pure arithmetic loop whose length is
+calibrated against ``time.process_time``, so it burns CPU instead of sleeping or watching a
+clock. Each is timed warm (one ``Parallel`` call after a warm-up call in the same process: pools
+already started) and cold (the first ``Parallel`` call of a fresh interpreter, imports done
+before the clock starts: the pool's start-up is included); median of ``--repeat`` runs.
+
+    python benchmarks/bench_joblib.py [--repeat 3] [--n-jobs 2] [--ladder loky:2]
+
+Prints a markdown table; ratio = stepdown / loky (target: at most 1.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORKLOADS = {"10,000 x 10 us": (10_000, 10e-6), "40 x 50 ms": (40, 50e-3)}
+
+
+def spin(n: int) -> float:
+    """Pure arithmetic: ``n`` rounds of a multiply-add."""
+    x = 0.0
+    for _ in range(n):
+        x = x * 0.999999 + 1.0
+    return x
+
+
+def calibrate(seconds: float) -> int:
+    """How many ``spin`` rounds take ``seconds`` of this process's CPU time."""
+    n = 10_000
+    while True:
+        began = time.process_time()
+        spin(n)
+        used = time.process_time() - began
+        if used > 0.05:
+            return max(1, round(n * seconds / used))
+        n *= 4
+
+
+def one_call(backend: str, n_jobs: int, tasks: int, rounds: int, ladder: list[str] | None) -> float:
+    from joblib import Parallel, delayed
+
+    options = {"ladder": ladder} if backend == "stepdown" and ladder else {}
+    began = time.perf_counter()
+    Parallel(n_jobs=n_jobs, backend=backend, **options)(delayed(spin)(rounds) for _ in range(tasks))
+    return time.perf_counter() - began
+
+
+def warm(backend: str, n_jobs: int, tasks: int, rounds: int, ladder: list[str] | None) -> float:
+    one_call(backend, n_jobs, tasks, rounds, ladder)
+    return one_call(backend, n_jobs, tasks, rounds, ladder)
+
+
+_COLD = """
+import json, sys
+sys.path.insert(0, {here!r})
+import joblib
+import stepdown.integrations.joblib
+from bench_joblib import one_call
+print(json.dumps(one_call({backend!r}, {n_jobs}, {tasks}, {rounds}, {ladder!r})))
+"""
+
+
+def cold(backend: str, n_jobs: int, tasks: int, rounds: int, ladder: list[str] | None) -> float:
+    code = _COLD.format(
+        here=str(Path(__file__).resolve().parent),
+        backend=backend,
+        n_jobs=n_jobs,
+        tasks=tasks,
+        rounds=rounds,
+        ladder=ladder,
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    seconds: float = json.loads(out.stdout.strip().splitlines()[-1])
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument(
+        "--ladder", nargs="*", default=None, help="stepdown's ladder (default: the policy's)"
+    )
+    args = parser.parse_args()
+
+    import joblib
+
+    import stepdown.integrations.joblib  # noqa: F401  (registers "stepdown")
+    from stepdown.core.plan import plan
+
+    ladder = args.ladder or None
+    chosen = plan(ladder=ladder).usable_rungs()
+    print(
+        f"joblib {joblib.__version__}, {os.cpu_count()} CPUs, n_jobs={args.n_jobs}, "
+        f"stepdown ladder: {' -> '.join(r.label() for r in chosen)}, "
+        f"median of {args.repeat}\n"
+    )
+    print("| workload | start | loky (s) | stepdown (s) | ratio |")
+    print("|---|---|---:|---:|---:|")
+    for name, (tasks, seconds) in WORKLOADS.items():
+        rounds = calibrate(seconds)
+        for start, measure in (("warm", warm), ("cold", cold)):
+            runs: dict[str, list[float]] = {"loky": [], "stepdown": []}
+            for repeat in range(args.repeat):
+                # Alternate the order: on a shared machine, load drifts between runs.
+                for backend in sorted(runs, reverse=repeat % 2 == 1):
+                    runs[backend].append(measure(backend, args.n_jobs, tasks, rounds, ladder))
+            times = {backend: statistics.median(values) for backend, values in runs.items()}
+            ratio = times["stepdown"] / times["loky"]
+            print(
+                f"| {name} | {start} | {times['loky']:.3f} | {times['stepdown']:.3f} "
+                f"| {ratio:.2f}x |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
