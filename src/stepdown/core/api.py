@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from .report import Report
 from .rung import Rung
 
 if TYPE_CHECKING:
+    from .budget import Budget
     from .plan import Plan
 
 __all__ = ["Results", "Run", "imap", "map", "run"]
@@ -97,7 +99,19 @@ def _engine(
         batch_size=batch_size,
         reuse=reuse,
     )
-    return Engine(fn, items, list(chosen.usable_rungs()), settings, chosen)
+    host, wait = _budget(chosen)
+    return Engine(
+        fn, items, list(chosen.usable_rungs()), settings, chosen, budget=host, budget_wait=wait
+    )
+
+
+def _budget(chosen: Plan) -> tuple[Budget | None, float]:
+    """The host budget this plan's profile asks for, and how long a rung may wait for slots."""
+    from .plan import budget_for
+
+    host = budget_for(chosen.budget, chosen.resources, os.environ)
+    waits = chosen.budget.get("on_exhausted") == "wait"
+    return host, float(chosen.budget.get("wait", 30.0)) if waits else 0.0
 
 
 def _progress(total: int | None, progress: bool | None) -> Any:

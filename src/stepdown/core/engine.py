@@ -55,6 +55,7 @@ from .report import Report, RungRecord
 from .rung import Rung
 
 if TYPE_CHECKING:
+    from .budget import Budget, Grant
     from .plan import Plan
 
 __all__ = ["Engine", "Inbox", "Settings"]
@@ -186,6 +187,8 @@ class Engine:
     rungs: list[Rung]
     settings: Settings = field(default_factory=Settings)
     plan: Plan | None = None
+    budget: Budget | None = None
+    budget_wait: float = 0.0
 
     accept: Callable[[Any], bool] = field(default=lambda item: True)
 
@@ -224,6 +227,7 @@ class Engine:
         # The rung running now (for a caller that wants to watch or, in the demo, to kill one
         # of its workers); None before the first rung starts.
         self.backend: Backend | None = None
+        self._grant: Grant | None = None
         self._start_method: str | None = None
 
     # ---- iteration -------------------------------------------------------------------
@@ -274,6 +278,7 @@ class Engine:
                 raise
             finally:
                 record.wall = time.perf_counter() - rung_started
+                self._release_slots()
             if error is None:
                 pools.release(backend, rung, self.settings.reuse)
                 yield from self._drain_orphans()
@@ -305,7 +310,14 @@ class Engine:
     def _start(self, rung: Rung, position: int) -> Backend | None:
         workers = rung.workers or 1
         label = rung.label(workers)
+        if self.budget is not None:
+            workers = self._grant_slots(rung, workers, position)
+            if not workers:
+                return None
+            label = rung.label(workers)
         record = RungRecord(label=label, backend=rung.backend, workers=workers)
+        if self._grant is not None:
+            record.slots = f"asked for {self._grant.asked}, granted {self._grant.count}"
         self.report.rungs.append(record)
         began = time.perf_counter()
         try:
@@ -315,6 +327,7 @@ class Engine:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
+            self._release_slots()
             failure = to_failure(exc, label)
             record.failure = str(failure)
             record.reason = failure.reason.value
@@ -352,6 +365,52 @@ class Engine:
             "%s %s in %.3f s", label, "reused warm" if warm else "started", record.start_seconds
         )
         return backend
+
+    def _grant_slots(self, rung: Rung, workers: int, position: int) -> int:
+        """Take up to ``workers`` slots of the host budget; 0 skips the rung (recorded).
+
+        A slot is one concurrent task on any rung, reserving the task's memory (and a worker
+        process's own on process rungs); the sequential rung always gets its one slot, so
+        every instance on the host makes progress.
+        """
+        assert self.budget is not None
+        memory = self.plan.worker_memory(rung) if self.plan is not None else 0
+        self._grant = self.budget.acquire(
+            workers,
+            memory_per_slot=memory,
+            label=rung.label(workers),
+            wait=self.budget_wait,
+            guaranteed=rung.backend == "sequential",
+        )
+        if self._grant.count:
+            return self._grant.count
+        self._release_slots()
+        status = self.budget.status()
+        reason = (
+            f"host budget full: {status.held_in_budget} of {status.size} worker slots held "
+            f"by pids {', '.join(map(str, status.pids[:8]))}"
+        )
+        self.report.rungs.append(
+            RungRecord(
+                label=rung.label(workers),
+                backend=rung.backend,
+                workers=0,
+                skipped=reason,
+                slots=f"asked for {workers}, granted 0",
+            )
+        )
+        log.warning(
+            "%s skipped: %s; stepping down to %s",
+            rung.label(workers),
+            reason,
+            self._next_label(position),
+        )
+        return 0
+
+    def _release_slots(self) -> None:
+        if self._grant is not None:
+            self._grant.release()
+            self._grant = None
 
     def _next_label(self, position: int) -> str:
         if position + 1 < len(self.rungs):

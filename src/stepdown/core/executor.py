@@ -8,7 +8,7 @@ from concurrent.futures import Executor as _Executor
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from .api import LadderSpec, _resolve
+from .api import LadderSpec, _budget, _resolve
 from .engine import Engine, Inbox, Settings
 from .errors import to_failure
 from .report import Report
@@ -68,6 +68,7 @@ class Executor(_Executor):
         reuse: bool = True,
     ) -> None:
         chosen = _resolve(ladder, profile, policy, None)
+        host, wait = _budget(chosen)
         self._inbox = Inbox()
         # Calls taken by the runner and not yet delivered, by the runner's index.
         self._taken: dict[int, _Call] = {}
@@ -85,6 +86,8 @@ class Executor(_Executor):
             ),
             chosen,
             accept=self._accept,
+            budget=host,
+            budget_wait=wait,
         )
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()

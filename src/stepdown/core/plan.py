@@ -16,10 +16,11 @@ without a cap, this host's CPUs limit them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .policy import (
@@ -32,6 +33,9 @@ from .policy import (
 from .resources import Reading, Resources, probe
 from .rung import Rung
 from .units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from .budget import Budget
 
 __all__ = ["PIDS_PER_RUNG", "Plan", "PlannedRung", "RuleChoice", "make_plan", "plan"]
 
@@ -109,6 +113,11 @@ class Plan:
     memory_per_worker: int | str | None
     memory_headroom: float
     task_memory: int | None = None
+    budget: Mapping[str, Any] = field(default_factory=dict)
+
+    def worker_memory(self, rung: Rung) -> int:
+        """What one worker of ``rung`` is expected to hold (the host budget reserves it)."""
+        return worker_memory(rung, self.memory_per_worker, self.resources, self.task_memory)
 
     def usable_rungs(self) -> tuple[Rung, ...]:
         """The rungs to climb, in order, with their workers filled in; never empty."""
@@ -268,6 +277,7 @@ def make_plan(
         memory_per_worker=profile.memory_per_worker,
         memory_headroom=profile.memory_headroom,
         task_memory=task_memory,
+        budget=profile.budget,
     )
 
 
@@ -338,21 +348,30 @@ def _resolve(
     return n, f"{n} = {binding}{within}"
 
 
+def worker_memory(
+    rung: Rung,
+    memory_per_worker: int | str | None,
+    resources: Resources,
+    task_memory: int | None,
+) -> int:
+    """What one worker of ``rung`` holds: the task's memory (if declared), plus, on a process
+    rung, the worker process's own footprint (``memory_per_worker``; ``auto`` = caller's RSS)."""
+    per = task_memory or 0
+    if not rung.in_process:
+        setting = rung.options.get("memory_per_worker", memory_per_worker)
+        own = resources.caller_rss.value if setting == "auto" else setting
+        per += own if isinstance(own, int) else 0
+    return per
+
+
 def _memory_limit(
     rung: Rung, profile: Profile, resources: Resources, task_memory: int | None
 ) -> tuple[int, str, str] | None:
     """How many workers memory fits, or ``None`` when memory does not limit this rung."""
-    if rung.in_process:
-        if not task_memory:
-            return None
-        per, each = task_memory, "a task"
-    else:
-        setting = rung.options.get("memory_per_worker", profile.memory_per_worker)
-        own = resources.caller_rss.value if setting == "auto" else setting
-        per = (own if isinstance(own, int) else 0) + (task_memory or 0)
-        if not per:
-            return None
-        each = "a worker"
+    per = worker_memory(rung, profile.memory_per_worker, resources, task_memory)
+    if not per:
+        return None
+    each = "a task" if rung.in_process else "a worker"
     free = resources.memory_available.value
     if free is None:
         return None
@@ -382,6 +401,43 @@ def _pids_limit(rung: Rung, resources: Resources) -> tuple[int, str, str] | None
     )
 
 
+def budget_for(
+    settings: Mapping[str, Any], resources: Resources, environ: Mapping[str, str]
+) -> Budget | None:
+    """The host budget a profile's ``budget`` table asks for, or ``None`` when it is off.
+
+    ``STEPDOWN_BUDGET=on|off`` overrides the profile; ``STEPDOWN_HOST_WORKERS`` sets the size,
+    else the table's ``size``, else the CPUs this process may use.
+    """
+    from .budget import Budget
+
+    switch = environ.get("STEPDOWN_BUDGET", "").strip().lower()
+    if switch in ("1", "on", "true", "yes"):
+        enabled = True
+    elif switch in ("0", "off", "false", "no"):
+        enabled = False
+    elif switch:
+        raise UsageError(f"STEPDOWN_BUDGET: expected on or off, not {switch!r}")
+    else:
+        enabled = bool(settings.get("enabled", False))
+    if not enabled:
+        return None
+    size = int(settings.get("size") or resources.cpus.value or 1)
+    return Budget.from_env(size, environ)
+
+
+def _less_reserved(resources: Resources, reserved: int) -> Resources:
+    """Free memory less what other instances on this host have reserved for their workers."""
+    free = resources.memory_available
+    if not reserved or free.value is None:
+        return resources
+    less = Reading(
+        max(0, free.value - reserved),
+        f"{free.source}, less {format_size(reserved)} reserved by other instances",
+    )
+    return dataclasses.replace(resources, memory_available=less)
+
+
 def plan(
     tasks: int | None = None,
     profile: str | None = None,
@@ -400,6 +456,9 @@ def plan(
     chosen_policy = load_policy(policy, environ=env, cwd=cwd)
     resources = probe(env, max_age=1.0)
     chosen, why = choose_profile(chosen_policy, profile, environ=env, resources=resources)
+    host_budget = budget_for(chosen.budget, resources, env)
+    if host_budget is not None:
+        resources = _less_reserved(resources, host_budget.reserved_memory())
     rungs = None
     if ladder is not None:
         specs = [ladder] if isinstance(ladder, (str, Mapping, Rung)) else ladder

@@ -98,6 +98,9 @@ ladder = ["thread:3", "sequential"]
 [[profiles.kaggle.rules]]
 ladder = ["loky:3", "thread:2", "sequential"]
 
+[profiles.kaggle.budget]         # several notebooks or jobs in one container share the CPUs
+enabled = true
+
 [profiles.server]
 description = "a big host: every CPU, then half of them, in forkserver-started processes"
 memory_per_worker = "auto"
@@ -114,6 +117,9 @@ ladder = [
     "thread:auto",
     "sequential",
 ]
+
+[profiles.server.budget]         # jobs of several users or instances share one host
+enabled = true
 
 [profiles.ray]
 description = "a Ray cluster: Ray tasks, then loky on this node"

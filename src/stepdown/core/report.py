@@ -24,6 +24,7 @@ class RungRecord:
     requeued: int = 0
     skipped: str | None = None
     wall: float = 0.0
+    slots: str | None = None
 
     def describe(self) -> str:
         if self.skipped is not None:
