@@ -24,6 +24,9 @@ import pytest
 from joblib import Parallel, delayed, parallel_backend, parallel_config
 
 import stepdown
+from stepdown.core.errors import Reason
+from stepdown.integrations.joblib import StepdownBackend, register_joblib
+
 from faults import (
     Cgroup,
     calls,
@@ -32,8 +35,6 @@ from faults import (
     record_call,
     skip_unless_cgroups,
 )
-from stepdown.core.errors import Reason
-from stepdown.integrations.joblib import StepdownBackend, register_joblib
 from tasks import TaskBug, fails_on_7, square
 
 LOKY = ["loky:2", "thread:2"]
