@@ -15,18 +15,21 @@ $(VENV)/.stamp-demo: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[test,demo]'
+	$(PIP) install -e '.[test,demo,docs,ray]'
 	touch $@
 
 demo: $(VENV)/.stamp-demo
 	$(BIN)/stepdown demo
 
 lint: $(VENV)/.stamp-test
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src
 	$(BIN)/mypy
 
-test: lint
+docs: $(VENV)/.stamp-test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -d site
+
+test: lint docs
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.stamp-test
