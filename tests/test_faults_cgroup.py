@@ -122,3 +122,16 @@ def test_plan_sees_a_full_pids_group() -> None:
     # The plan read pids.max - pids.current and never started a pool that could not fit.
     assert rungs[0][0].startswith("loky") and rungs[0][1] is False
     assert "pids or threads" in str(rungs[0][5]), rungs
+
+
+def test_process_pool_whose_manager_dies_is_a_stall_not_a_hang() -> None:
+    # With three pids to spare, the stdlib pool forks its two workers, and then its manager
+    # thread dies starting the call queue's feeder thread: left alone, the pool waits forever.
+    fork = {"backend": "process", "workers": 2, "start_method": "fork"}
+    report = run_child(3, [fork, "thread:2"])
+    assert report["results"] == [x * x for x in range(40)]
+    rungs = report["rungs"]
+    assert isinstance(rungs, list)
+    assert rungs[0][0] == "process(2)"
+    assert rungs[0][2] in START_FAILURES, rungs
+    assert "stepping down to thread(2)" in str(report["stderr"])
