@@ -21,15 +21,5 @@ class ProcessBackend(PoolBackend):
         context = multiprocessing.get_context(method)
         return ProcessPoolExecutor(self.workers, mp_context=context)
 
-    def _shutdown_now(self) -> None:
-        # The pool's manager thread leaves only when no work is pending, and work sent to
-        # workers we killed never comes back: without this, the interpreter's exit handler
-        # would join that thread forever. The runner has given up on these futures already.
-        pending = self._pool._pending_work_items
-        for item in list(pending.values()):
-            item.future.cancel()
-        pending.clear()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
 
 BACKEND = ProcessBackend

@@ -217,7 +217,7 @@ class Engine:
         if self._inbox is not None:
             self._inbox.listener = self._events.put
         self._next_index = 0
-        self._exhausted = False
+        self._exhausted = total == 0  # nothing to do: no pool is started for it
         self._requeue: list[_Batch] = []
         self._flights: dict[Future[Any], _Flight] = {}
         self._total = total

@@ -71,7 +71,7 @@ class Report:
             parts[0] += f" ({self.plan})"
         parts[0] += ": " + "; ".join(r.describe() for r in self.rungs) + "."
         tail = []
-        if self.stepped_down or self.rerun:
+        if self.rerun or any(r.failure is not None for r in self.rungs):
             tail.append(f"{self.rerun} ran again after a failure (they were in flight)")
         if self.isolated:
             tail.append(f"{self.isolated} were suspects")
