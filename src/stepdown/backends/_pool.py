@@ -107,9 +107,29 @@ class PoolBackend(Backend):
         self.closed = True
         # Kill first: a broken pool's manager thread may be dead, and nobody else would.
         self._kill_workers()
+        self._unblock_results()
         # A broken executor may fail to shut down; its workers are dead already.
         with contextlib.suppress(Exception):
             self._shutdown_now()
+
+    def _unblock_results(self) -> None:
+        """Let the manager thread leave even if a worker died halfway through a result.
+
+        The manager reads results from a pipe whose write ends are the workers' and this
+        process's own. A worker killed mid-write leaves half a message, and the manager would
+        wait for the rest forever (and the interpreter's exit with it, which joins that
+        thread). Once the workers are gone, closing our write end turns that wait into
+        end-of-file, which the manager takes as a broken pool, and it leaves.
+        """
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        for process in processes:
+            with contextlib.suppress(Exception):
+                process.join(timeout=1.0)
+        results = getattr(self._pool, "_result_queue", None)
+        writer = getattr(results, "_writer", None)
+        if writer is not None and not any(_alive(p) for p in processes):
+            with contextlib.suppress(OSError):
+                writer.close()
 
     def _shutdown_now(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -118,3 +138,10 @@ class PoolBackend(Backend):
         if self._pool is not None and not self.closed:
             self._pool.shutdown(wait=True)
         self.closed = True
+
+
+def _alive(process: Any) -> bool:
+    try:
+        return bool(process.is_alive())
+    except Exception:  # a process object from another parent, or already closed
+        return False

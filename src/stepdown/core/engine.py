@@ -217,6 +217,8 @@ class Engine:
         if self._inbox is not None:
             self._inbox.listener = self._events.put
         self._next_index = 0
+        # In order, results wait for the earliest: this is the next index to hand out.
+        self._expected = 0
         self._exhausted = total == 0  # nothing to do: no pool is started for it
         self._requeue: list[_Batch] = []
         self._flights: dict[Future[Any], _Flight] = {}
@@ -246,13 +248,12 @@ class Engine:
 
     def _in_order(self, outcomes: Iterator[Outcome]) -> Iterator[Outcome]:
         waiting: dict[int, tuple[Any, bool]] = {}
-        expected = 0
         for index, value, ok in outcomes:
             waiting[index] = (value, ok)
-            while expected in waiting:
-                value, ok = waiting.pop(expected)
-                yield expected, value, ok
-                expected += 1
+            while self._expected in waiting:
+                value, ok = waiting.pop(self._expected)
+                yield self._expected, value, ok
+                self._expected += 1
 
     # ---- the ladder ------------------------------------------------------------------
 
@@ -433,7 +434,7 @@ class Engine:
             failure: BaseException | None = None
             current = sum(1 for f in self._flights.values() if f.backend is backend)
             while current < limit:
-                batch = self._take(backend.workers)
+                batch = self._take(backend.workers, limit)
                 if batch is None:
                     break
                 try:
@@ -467,11 +468,17 @@ class Engine:
             return backend.submit(run_batch, self.fn, batch.items)
         return backend.submit(run_batch, self._payload, batch.items, True)
 
-    def _take(self, workers: int) -> _Batch | None:
+    def _take(self, workers: int, in_flight: int) -> _Batch | None:
         if self._requeue:
             return self._requeue.pop(0)
         if self._exhausted:
             return None
+        if self.settings.ordered:
+            # One slow early batch must not let finished later results pile up without end
+            # while they wait their turn: read ahead only a few batches' worth.
+            window = 2 * in_flight * max(self._sizer.last, 1)
+            if self._next_index - self._expected >= window:
+                return None
         remaining = None if self._total is None else self._total - self._next_index
         size = self._sizer.size(workers, remaining)
         indexes: list[int] = []
