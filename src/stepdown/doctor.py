@@ -122,8 +122,9 @@ def _budget_line(status: Mapping[str, Any]) -> str:
     held = status.get("status") or {}
     slots = held.get("slots") or []
     pids = sorted({s.get("pid") for s in slots if s.get("pid") is not None})
+    state = "on" if status.get("enabled") else "off for this profile (STEPDOWN_BUDGET=on)"
     return (
-        f"{status.get('size')} slots at {status.get('directory')}; {len(slots)} held"
+        f"{state}: {status.get('size')} slots at {status.get('directory')}; {len(slots)} held"
         + (f" by pids {', '.join(map(str, pids))}" if pids else "")
         + f"; {format_size(held.get('reserved_memory', 0))} reserved"
     )
@@ -154,13 +155,14 @@ def _ray_status(resources: Resources) -> Mapping[str, Any] | None:
 
 def _budget(profile_budget: Mapping[str, Any], resources: Resources) -> Mapping[str, Any] | None:
     from .core.budget import Budget
+    from .core.plan import budget_for
 
     try:
+        enabled = budget_for(profile_budget, resources, os.environ) is not None
         budget = Budget.from_env(int(profile_budget.get("size") or resources.cpus.value or 1))
     except Exception as exc:  # a doctor reports what is wrong, it does not fail on it
         return {"error": str(exc)}
-    info: Mapping[str, Any] = budget.to_dict()
-    return info
+    return {**budget.to_dict(), "enabled": enabled}
 
 
 def doctor(
