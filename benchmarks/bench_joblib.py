@@ -23,27 +23,14 @@ import sys
 import time
 from pathlib import Path
 
+from stepdown.bench import burn, calibrate
+
 WORKLOADS = {"10,000 x 10 us": (10_000, 10e-6), "40 x 50 ms": (40, 50e-3)}
 
 
-def spin(n: int) -> float:
-    """Pure arithmetic: ``n`` rounds of a multiply-add."""
-    x = 0.0
-    for _ in range(n):
-        x = x * 0.999999 + 1.0
-    return x
-
-
-def calibrate(seconds: float) -> int:
-    """How many ``spin`` rounds take ``seconds`` of this process's CPU time."""
-    n = 10_000
-    while True:
-        began = time.process_time()
-        spin(n)
-        used = time.process_time() - began
-        if used > 0.05:
-            return max(1, round(n * seconds / used))
-        n *= 4
+# The CPU-burning task and its calibration are stepdown bench's own, so every benchmark burns
+# the same kind of work.
+spin = burn
 
 
 def one_call(backend: str, n_jobs: int, tasks: int, rounds: int, ladder: list[str] | None) -> float:

@@ -19,7 +19,7 @@ from .core.plan import plan
 from .core.rung import Rung
 from .core.units import format_size
 
-__all__ = ["BenchResult", "bench", "burn"]
+__all__ = ["BenchResult", "bench", "burn", "calibrate"]
 
 _TASK_SECONDS = 0.02
 
@@ -32,7 +32,8 @@ def burn(n: int) -> int:
     return total
 
 
-def _calibrate(seconds: float) -> int:
+def calibrate(seconds: float) -> int:
+    """How many :func:`burn` iterations take ``seconds`` of this process's CPU time."""
     n = 20_000
     while True:
         began = time.process_time()
@@ -131,7 +132,7 @@ def bench(
 ) -> BenchResult:
     """Measure each usable rung of the plan for ``tasks`` tasks, and sequential."""
     chosen = plan(tasks=tasks, profile=profile, policy=policy)
-    n = _calibrate(_TASK_SECONDS)
+    n = calibrate(_TASK_SECONDS)
     rungs = list(chosen.usable_rungs())
     if rungs[-1].backend != "sequential":
         rungs.append(Rung("sequential", 1))
