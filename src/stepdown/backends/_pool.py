@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import multiprocessing
 import os
 import signal
 import time
@@ -29,11 +30,22 @@ class PoolBackend(Backend):
     def __init__(self, workers: int, options: Any = None) -> None:
         super().__init__(workers, options)
         self._pool: Any = None
+        self._children: list[Any] = []
 
     def _create(self) -> Executor:
         raise NotImplementedError
 
     def start(self) -> None:
+        # Children this start creates, to kill on abandon even if the pool never recorded them:
+        # a worker forked just before a thread of the pool failed to start would otherwise
+        # wait for its start-up data forever, and the interpreter's exit would wait for it.
+        before = set(multiprocessing.active_children())
+        try:
+            self._start()
+        finally:
+            self._children = [p for p in multiprocessing.active_children() if p not in before]
+
+    def _start(self) -> None:
         self._pool = self._create()
         # The first submit launches the workers (all of them with fork, loky): a pool that
         # cannot fork fails here, before a task is handed to it. Waiting for its answer makes
@@ -96,9 +108,12 @@ class PoolBackend(Backend):
 
     def _kill_workers(self) -> None:
         processes = getattr(self._pool, "_processes", None) or {}
-        for process in list(processes.values()):
-            with contextlib.suppress(OSError, AttributeError, ValueError):  # already gone
-                process.kill()
+        for process in [*processes.values(), *self._children]:
+            # By pid: loky's processes have no kill(), and the error would pass unseen.
+            pid = getattr(process, "pid", None)
+            if pid is not None and _alive(process):
+                with contextlib.suppress(OSError):  # already gone
+                    os.kill(pid, signal.SIGKILL)
 
     def abandon(self) -> None:
         if self._pool is None or self.closed:
@@ -121,7 +136,7 @@ class PoolBackend(Backend):
         thread). Once the workers are gone, closing our write end turns that wait into
         end-of-file, which the manager takes as a broken pool, and it leaves.
         """
-        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        processes = [*(getattr(self._pool, "_processes", None) or {}).values(), *self._children]
         for process in processes:
             with contextlib.suppress(Exception):
                 process.join(timeout=1.0)
