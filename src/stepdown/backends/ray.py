@@ -615,7 +615,7 @@ class RayBackend(Backend):
         ref = remote.remote(*(self._stored_once(a) for a in args))
         out: Future[Any] = Future()
         # A submitted Ray task cannot be taken back quietly: like a running future's, cancel()
-        # is refused, so a runner that gives up calls abandon(), which cancels in Ray.
+        # is refused, so a runner that gives up calls abandon(), which drops it.
         out.set_running_or_notify_cancel()
         with self._running_lock:
             self._running[out] = ref
@@ -654,15 +654,12 @@ class RayBackend(Backend):
             return
         broken = self.health() is not None
         self.closed = True
+        # Tasks in Ray are left to finish and their results dropped, not ray.cancel()ed: on a
+        # loaded machine Ray 2.60 answered a cancel racing a task's completion with a failed
+        # internal check ("Tried to complete task that was not pending") that ends the whole
+        # calling process.
         with self._running_lock:
-            refs = list(self._running.values())
             self._running.clear()
-        if not broken:
-            for ref in refs:
-                # Queued tasks are dropped; running ones get KeyboardInterrupt, which the batch
-                # wrapper does not catch. The worker process survives for the next run.
-                with contextlib.suppress(Exception):
-                    self._ray.cancel(ref, force=False)
         self._release(stop_now=broken)
 
     def shutdown(self) -> None:
