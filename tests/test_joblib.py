@@ -351,13 +351,18 @@ def _run_in_pids_group(ks: list[int], ladder: list[Any], blind: bool) -> list[di
 def test_thread_creation_fails_in_a_pids_cgroup(k: int) -> None:
     (outcome,) = _run_in_pids_group([k], LOKY, blind=True)
     rungs = outcome["rungs"]
-    assert rungs[-1] == ["sequential", None]
     if k == 0:
         # Not even stepdown's own dispatch thread can start: the caller runs the batches.
         assert rungs == [["sequential", None]]
+        return
+    assert rungs[0][0] == "loky(2)" and rungs[0][1] is not None
+    # The failed pool's workers are killed, which gives their pids back: with a few to
+    # spare the thread rung may then start; with fewer it fails too, and sequential finishes.
+    if rungs[1] == ["thread(2)", None]:
+        assert len(rungs) == 2
     else:
-        assert rungs[0][0] == "loky(2)" and rungs[0][1] is not None
         assert rungs[1] == ["thread(2)", Reason.CANNOT_START_THREAD.value]
+        assert rungs[-1] == ["sequential", None]
 
 
 @pytest.mark.timeout(120)

@@ -365,6 +365,13 @@ class Cluster:
 
     def start(self) -> None:
         began = time.monotonic()
+        # The Ray client server (only with ray[client]) would take port 10001 unless told
+        # otherwise; without ray[client] there is none, and naming a port is an error.
+        client: list[str] = []
+        from ray._private.utils import get_ray_client_dependency_error
+
+        if get_ray_client_dependency_error() is None:
+            client = ["--ray-client-server-port", str(free_port())]
         self._node(
             "--head",
             "--port",
@@ -372,8 +379,7 @@ class Cluster:
             "--temp-dir",
             self.temp,
             "--include-dashboard=false",
-            "--ray-client-server-port",
-            str(free_port()),
+            *client,
         )
         while socket.socket().connect_ex(("127.0.0.1", self.port)) != 0:
             assert self.nodes[0].poll() is None, self.log()

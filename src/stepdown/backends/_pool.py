@@ -96,15 +96,16 @@ class PoolBackend(Backend):
         processes = list((getattr(self._pool, "_processes", None) or {}).values())
         # The pool notices a death through the worker's sentinel, which may be a moment before
         # the exit status can be read: look again briefly.
-        for _ in range(10):
+        dead: list[int] = []
+        for _ in range(20):
             codes: list[int | None] = [getattr(p, "exitcode", None) for p in processes]
             # A broken stdlib pool SIGTERMs the survivors itself: the cause is the other code.
             dead = [c for c in codes if c is not None and c != 0]
             own = [c for c in dead if c != -signal.SIGTERM]
-            if own or dead:
-                return (own or dead)[0]
+            if own:
+                return own[0]
             time.sleep(0.01)
-        return None
+        return dead[0] if dead else None
 
     def _kill_workers(self) -> None:
         processes = getattr(self._pool, "_processes", None) or {}
