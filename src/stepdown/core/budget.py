@@ -565,12 +565,21 @@ class Budget:
         label = label[:_LABEL_MAX]
         deadline = time.monotonic() + wait
         delay = 0.01
+        waiting = False
         while True:
             started = time.time()
             slots, holders = self._take(n, memory, label, started)
             left = deadline - time.monotonic()
             if slots or n == 0 or left <= 0:
                 break
+            if not waiting:
+                waiting = True
+                log.info(
+                    "budget: all %d worker slots are held; %s waits up to %.0f s for one",
+                    self.size,
+                    label or "this rung",
+                    left,
+                )
             time.sleep(min(left, delay * random.uniform(0.5, 1.5)))
             delay = min(delay * 2, 0.1)
         over = False
@@ -758,9 +767,17 @@ class Budget:
         return BudgetStatus(self.name, str(self.directory), self.size, tuple(held))
 
     def reserved_memory(self) -> int:
-        """Memory reserved by other processes' held slots: the planner subtracts it from the
-        free memory the probe reports, since those tasks may not have allocated it yet."""
-        return sum(s.memory for s in self.status().held if not s.mine)
+        """Memory other processes reserved and have not allocated yet.
+
+        The planner subtracts it from the free memory the probe reports. What a holder already
+        uses is in that figure already (the probe reads limit minus usage), so each holder's
+        reservation counts only beyond what it and its children hold now (their RSS).
+        """
+        by_pid: dict[int | None, int] = {}
+        for slot in self.status().held:
+            if not slot.mine:
+                by_pid[slot.pid] = by_pid.get(slot.pid, 0) + slot.memory
+        return sum(max(0, reserved - _tree_rss(pid)) for pid, reserved in by_pid.items())
 
     def to_dict(self) -> dict[str, Any]:
         """Settings and current status for ``stepdown doctor``; an unsafe directory is shown
@@ -777,3 +794,23 @@ class Budget:
         except UsageError as exc:
             out["error"] = str(exc)
         return out
+
+
+def _tree_rss(pid: int | None) -> int:
+    """RSS of a process and its descendants; 0 when unknown (the reservation then counts whole)."""
+    if pid is None:
+        return 0
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for process in family:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            continue
+    return total

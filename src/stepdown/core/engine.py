@@ -387,9 +387,12 @@ class Engine:
             return self._grant.count
         self._release_slots()
         status = self.budget.status()
+        holders = sorted({s.pid for s in status.held if not s.over_budget and s.pid is not None})
+        beyond = sum(1 for s in status.held if s.over_budget)
         reason = (
             f"host budget full: {status.held_in_budget} of {status.size} worker slots held "
-            f"by pids {', '.join(map(str, status.pids[:8]))}"
+            f"by pids {', '.join(map(str, holders[:8]))}"
+            + (f" (and {beyond} beyond it, by instances running sequentially)" if beyond else "")
         )
         self.report.rungs.append(
             RungRecord(
