@@ -389,14 +389,6 @@ def analyse_log(
     }
 
 
-def _engine_of(generator: Any) -> Any:
-    """The Engine behind ``stepdown.imap``'s generator, for its report (best effort)."""
-    with contextlib.suppress(Exception):
-        inner = generator.gi_frame.f_locals[".0"]
-        return inner.gi_frame.f_locals["self"]
-    return None
-
-
 def kill_run_stepdown(
     name: str, ladder: list[Any], mode: str, n_b: int, n_a: int, expected: list[int]
 ) -> KillRun:
@@ -418,7 +410,6 @@ def kill_run_stepdown(
         p0 = cpu_pressure()
         t0 = time.perf_counter()
         gen = stepdown.imap(fn, range(B_TASKS), ladder=ladder, reuse=mode != COLD)
-        engine = _engine_of(gen)
         for i, x, pid in gen:
             count += 1
             delivered_at.setdefault(i, time.time())
@@ -434,7 +425,7 @@ def kill_run_stepdown(
         if count != B_TASKS or [values.get(i) for i in range(B_TASKS)] != expected:
             fail(f"workload C: {name} ({mode}) delivered {count} results, or wrong ones")
         info = analyse_log(logdir, delivered_at, kill_time, killed)
-        report = getattr(engine, "report", None)
+        report = gen.report
         return KillRun(
             name,
             mode,
