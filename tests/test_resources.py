@@ -102,6 +102,7 @@ def test_public_api() -> None:
         "parse_proc_cgroup",
         "probe",
         "read_resources",
+        "tree_rss",
     }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .core.api import run
 from .core.plan import plan
+from .core.resources import tree_rss
 from .core.rung import Rung
 from .core.units import format_size
 
@@ -48,21 +49,12 @@ class _PeakMemory:
     """Samples the RSS of this process and its children while a rung runs."""
 
     def __init__(self) -> None:
-        import psutil
-
-        self._me = psutil.Process()
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _total(self) -> int:
-        total = 0
-        for process in [self._me, *self._me.children(recursive=True)]:
-            try:
-                total += process.memory_info().rss
-            except Exception:  # a child that just exited
-                continue
-        return total
+        return tree_rss(os.getpid())
 
     def _sample(self) -> None:
         while not self._stop.wait(0.02):

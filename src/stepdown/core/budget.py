@@ -57,6 +57,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import UsageError
+from .resources import tree_rss
 
 __all__ = [
     "DEFAULT_NAME",
@@ -777,7 +778,7 @@ class Budget:
         for slot in self.status().held:
             if not slot.mine:
                 by_pid[slot.pid] = by_pid.get(slot.pid, 0) + slot.memory
-        return sum(max(0, reserved - _tree_rss(pid)) for pid, reserved in by_pid.items())
+        return sum(max(0, reserved - tree_rss(pid)) for pid, reserved in by_pid.items())
 
     def to_dict(self) -> dict[str, Any]:
         """Settings and current status for ``stepdown doctor``; an unsafe directory is shown
@@ -794,23 +795,3 @@ class Budget:
         except UsageError as exc:
             out["error"] = str(exc)
         return out
-
-
-def _tree_rss(pid: int | None) -> int:
-    """RSS of a process and its descendants; 0 when unknown (the reservation then counts whole)."""
-    if pid is None:
-        return 0
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        family = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for process in family:
-        try:
-            total += process.memory_info().rss
-        except psutil.Error:
-            continue
-    return total

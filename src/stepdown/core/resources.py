@@ -46,6 +46,7 @@ __all__ = [
     "parse_proc_cgroup",
     "probe",
     "read_resources",
+    "tree_rss",
 ]
 
 _log = logging.getLogger("stepdown")
@@ -557,3 +558,23 @@ def probe(environ: Mapping[str, str] | None = None, *, max_age: float = 0.0) -> 
     with _cache_lock:
         _cache = (now, key, resources)
     return resources
+
+
+def tree_rss(pid: int | None) -> int:
+    """RSS of a process and its descendants, in bytes; 0 when the process cannot be read."""
+    if pid is None:
+        return 0
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for process in family:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
