@@ -83,7 +83,9 @@ def child(code: str, env: dict[str, str], timeout: float = 120) -> dict[str, Any
         text=True,
         timeout=timeout,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    noise = ("SIGTERM handler is not set", "Token authentication is enabled")
+    said = "\n".join(x for x in done.stderr.splitlines() if not any(n in x for n in noise))
+    assert done.returncode == 0, f"exit {done.returncode}:\n{said[-4000:]}"
     out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     out["stderr"] = done.stderr
     return out
@@ -291,8 +293,7 @@ def test_memory_monitor_kill_is_retried_once_then_steps_down(tmp_path: Path) -> 
 
     vm = psutil.virtual_memory()
     threshold = (vm.total - vm.available + 1.5 * 2**30) / vm.total
-    out = child(
-        f"""
+    code = f"""
         import json, os, time
         import stepdown
 
@@ -314,11 +315,21 @@ def test_memory_monitor_kill_is_retried_once_then_steps_down(tmp_path: Path) -> 
         print(json.dumps({{"results": run.results, "reason": first.reason,
                           "failure": first.failure, "seconds": time.monotonic() - began,
                           "start": first.start_seconds}}))
-        """,
-        clean_env(
-            RAY_memory_usage_threshold=f"{threshold:.4f}", RAY_memory_monitor_refresh_ms="100"
-        ),
+        """
+    env = clean_env(
+        RAY_memory_usage_threshold=f"{threshold:.4f}", RAY_memory_monitor_refresh_ms="100"
     )
+    try:
+        out = child(code, env)
+    except AssertionError:
+        # The threshold is relative to the whole host's memory, which whatever else runs here
+        # moves: once (seen in a full suite, never alone), the child failed. Measure again.
+        for attempt in tmp_path.glob("attempt-*"):
+            attempt.unlink()
+        vm = psutil.virtual_memory()
+        threshold = (vm.total - vm.available + 1.5 * 2**30) / vm.total
+        env["RAY_memory_usage_threshold"] = f"{threshold:.4f}"
+        out = child(code, env)
     assert out["results"] == [0, 1, 2, 3]
     assert out["reason"] == Reason.OUT_OF_MEMORY.value, out
     assert "OutOfMemoryError" in out["failure"], out
