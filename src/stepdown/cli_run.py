@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from .core.errors import RemoteTraceback, UsageError
@@ -141,21 +141,22 @@ def run_jsonl(
             f"{output_path} exists and is not empty: pass --resume to continue it, or remove it"
         )
     todo = total - len([i for i in done if i < total])
+    # The runner numbers what it reads; this remembers which input line each number was.
+    lines: list[int] = []
     engine = _engine(
         _Indexed(fn),
-        _items(input_path, done),
+        _Recorder(_items(input_path, done), lines),
         errors="return",
         ordered=False,
         **run_options,
     )
     failed = 0
     bar = _progress(todo, progress)
-    pairs: list[int] = []
     try:
         with open(output_path, "a", encoding="utf-8") as out:
-            outcomes = _with_positions(engine, pairs)
+            outcomes = iter(engine)
             for position, value, ok in outcomes:
-                index = pairs[position]
+                index = lines[position]
                 line, good = _line(index, value, ok)
                 out.write(line + "\n")
                 out.flush()
@@ -176,14 +177,9 @@ def run_jsonl(
     return 1 if failed else 0
 
 
-def _with_positions(engine: Any, pairs: list[int]) -> Generator[tuple[int, Any, bool], None, None]:
-    """The engine numbers what it reads; remember which input index each number was."""
-    source = engine._source
-    engine._source = _Recorder(source, pairs)
-    yield from engine
-
-
 class _Recorder:
+    """Passes ``(line, item)`` pairs through, noting each line number in read order."""
+
     def __init__(self, source: Iterator[tuple[int, Any]], pairs: list[int]) -> None:
         self.source = source
         self.pairs = pairs

@@ -234,7 +234,7 @@ class Engine:
 
     # ---- iteration -------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[Outcome]:
+    def __iter__(self) -> Generator[Outcome, None, None]:
         started = time.perf_counter()
         try:
             if self.settings.ordered:
