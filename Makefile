@@ -33,7 +33,7 @@ test: lint docs
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.stamp-test
-	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python -m benchmarks.bench_core
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,6 +1,6 @@
 """stepdown against its peers, side by side, in one run.
 
-    .venv/bin/python benchmarks/bench_core.py [--quick] [--json PATH] [--only A,B,C,import]
+    .venv/bin/python -m benchmarks.bench_core [--quick] [--json PATH] [--only A,B,C,import]
 
 Workloads (each task burns CPU in an arithmetic loop calibrated once with ``time.thread_time``,
 so threads cannot "overlap" under the GIL as they would on a wall-clock spin):
@@ -19,8 +19,9 @@ timing (see benchmarks/README.md). Each measurement is repeated (3 times, 1 with
 and the median reported; peers are interleaved so that a burst of noise from other
 processes on the machine spreads over all of them. Robust, not precise.
 
-Task functions are imported from this file as the module ``bench_core`` (not ``__main__``)
-so that every peer pickles them by reference, as it would a library function.
+Task functions are imported from this file as the module ``benchmarks.bench_core`` (not
+``__main__``) so that every peer pickles them by reference, as it would a library function.
+Run it from the repository, so that the module (and ``tests.support``) can be imported.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ WORKERS = 2
 A_TASKS, A_SECONDS = 10_000, 10e-6
 B_TASKS, B_SECONDS = 40, 50e-3
 CHUNK_SECONDS = 0.02  # raw executors: a chunk is ~20 ms of work, at least 4 chunks per worker
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # ---- the tasks (run in workers: standard library only) ------------------------------------
@@ -570,7 +570,7 @@ def main() -> None:
     only = {w.strip() for w in args.only.split(",")}
 
     import stepdown
-    from stepdown.core import pools
+    from stepdown.runner import pools
 
     began = time.perf_counter()
     load = os.getloadavg()
@@ -788,11 +788,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # Run as the module ``bench_core``, not ``__main__``: every peer then pickles the task
-    # functions by reference, and workers (loky's are fork+exec) import them from here.
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p)
-    if HERE not in sys.path:
-        sys.path.insert(0, HERE)
-    import bench_core
+    # Run as the module ``benchmarks.bench_core``, not ``__main__``: every peer then pickles the
+    # task functions by reference, and workers (loky's are fork+exec, and get this process's
+    # sys.path) import them from there.
+    from benchmarks import bench_core
 
     bench_core.main()

@@ -7,7 +7,7 @@ clock. Each is timed warm (one ``Parallel`` call after a warm-up call in the sam
 already started) and cold (the first ``Parallel`` call of a fresh interpreter, imports done
 before the clock starts: the pool's start-up is included); median of ``--repeat`` runs.
 
-    python benchmarks/bench_joblib.py [--repeat 3] [--n-jobs 2] [--ladder loky:2]
+    python -m benchmarks.bench_joblib [--repeat 3] [--n-jobs 2] [--ladder loky:2]
 
 Prints a markdown table; ratio = stepdown / loky (target: at most 1.05).
 """
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from stepdown.bench import burn, calibrate
+from stepdown.cli.bench import burn, calibrate
 
 WORKLOADS = {"10,000 x 10 us": (10_000, 10e-6), "40 x 50 ms": (40, 50e-3)}
 
@@ -49,25 +49,29 @@ def warm(backend: str, n_jobs: int, tasks: int, rounds: int, ladder: list[str] |
 
 _COLD = """
 import json, sys
-sys.path.insert(0, {here!r})
 import joblib
 import stepdown.integrations.joblib
-from bench_joblib import one_call
+from benchmarks.bench_joblib import one_call
 print(json.dumps(one_call({backend!r}, {n_jobs}, {tasks}, {rounds}, {ladder!r})))
 """
 
 
 def cold(backend: str, n_jobs: int, tasks: int, rounds: int, ladder: list[str] | None) -> float:
     code = _COLD.format(
-        here=str(Path(__file__).resolve().parent),
         backend=backend,
         n_jobs=n_jobs,
         tasks=tasks,
         rounds=rounds,
         ladder=ladder,
     )
+    # From the repository, so that the child imports this module as benchmarks.bench_joblib.
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parent.parent,
     )
     seconds: float = json.loads(out.stdout.strip().splitlines()[-1])
     return seconds
@@ -85,7 +89,7 @@ def main() -> None:
     import joblib
 
     import stepdown.integrations.joblib  # noqa: F401  (registers "stepdown")
-    from stepdown.core.plan import plan
+    from stepdown.planning.setup import plan
 
     ladder = args.ladder or None
     chosen = plan(ladder=ladder).usable_rungs()

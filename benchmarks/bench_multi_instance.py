@@ -1,8 +1,8 @@
 """Eight instances of a memory-hungry job in one memory + pids cgroup (the Kaggle scenario).
 
-    sudo .venv/bin/python benchmarks/bench_multi_instance.py [--quick] [--reps N] [--json PATH]
+    sudo .venv/bin/python -m benchmarks.bench_multi_instance [--quick] [--reps N] [--json PATH]
 
-The job is ``tests/multi_job.py``: each instance scores ``--tasks`` items, a task holds
+The job is ``tests/support/jobs.py``: each instance scores ``--tasks`` items, a task holds
 ``--mib`` MiB (every page written) and hashes it ``--rounds`` times (~0.37 s of CPU with the
 defaults). The instances are started back to back in one fresh cgroup per measurement
 (``memory.limit_in_bytes`` = memsw = ``--limit``, ``pids.max`` = ``--pids``), sharing one host
@@ -45,11 +45,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, os.pardir, "tests"))
-
-import faults  # noqa: E402
-import multi_job  # noqa: E402
+from tests.support import cgroups, jobs
 
 VARIANTS = ("stepdown-budget", "stepdown-wait", "stepdown-nobudget", "joblib")
 TARGET_EFFICIENCY = 0.9
@@ -120,12 +116,12 @@ class Group:
     """A fresh memory + pids group (with CPU accounting where the kernel gives it)."""
 
     def __init__(self, limit: int, pids: int) -> None:
-        version = faults.cgroup_version()
+        version = cgroups.cgroup_version()
         controllers = ("memory", "pids", "cpuacct") if version == 1 else ("memory", "pids")
         try:
-            self.cgroup = faults.Cgroup(*controllers, name="bench")
+            self.cgroup = cgroups.Cgroup(*controllers, name="bench")
         except (RuntimeError, OSError):
-            self.cgroup = faults.Cgroup("memory", "pids", name="bench")
+            self.cgroup = cgroups.Cgroup("memory", "pids", name="bench")
         self.cgroup.set_memory_limit(limit)
         self.cgroup.set_pids_max(pids)
 
@@ -135,7 +131,7 @@ class Group:
             return int((g.paths["cpuacct"] / "cpuacct.usage").read_text()) / 1e9
         stat = g.paths["memory"] / "cpu.stat"  # v2: every group has it
         if g.version == 2 and stat.exists():
-            return float(faults.parse_flat_keyed(stat.read_text()).get("usage_usec", 0)) / 1e6
+            return float(cgroups.parse_flat_keyed(stat.read_text()).get("usage_usec", 0)) / 1e6
         return None
 
     def peak_memory(self) -> int | None:
@@ -150,7 +146,7 @@ class Group:
         path = self.cgroup.paths["pids"] / "pids.events"
         if not path.exists():
             return 0
-        return int(faults.parse_flat_keyed(path.read_text()).get("max", 0))
+        return int(cgroups.parse_flat_keyed(path.read_text()).get("max", 0))
 
     def __enter__(self) -> Group:
         return self
@@ -161,7 +157,7 @@ class Group:
 
 def run_variant(
     variant: str, args: argparse.Namespace, expected: list[str] | None
-) -> tuple[Measurement, list[multi_job.Instance]]:
+) -> tuple[Measurement, list[jobs.Instance]]:
     busy_before = settle(args.settle) if args.settle > 0 else None
     runtime = tempfile.mkdtemp(prefix="stepdown-bench-runtime-")
     os.chmod(runtime, 0o700)
@@ -170,7 +166,7 @@ def run_variant(
         busy0, _ = _host_busy()
         cpu0 = group.cpu()
         began = time.time()
-        instances = multi_job.start_instances(
+        instances = jobs.start_instances(
             group.cgroup,
             variant,
             count,
@@ -179,7 +175,7 @@ def run_variant(
             rounds=args.rounds,
             env={"XDG_RUNTIME_DIR": runtime},
         )
-        ended = multi_job.wait_instances(group.cgroup, instances, args.timeout)
+        ended = jobs.wait_instances(group.cgroup, instances, args.timeout)
         busy1, _ = _host_busy()
         cpu1 = group.cpu()
         group_cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
@@ -279,9 +275,9 @@ def table(runs: dict[str, list[Measurement]], work: float, cores: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=8)
-    parser.add_argument("--tasks", type=int, default=multi_job.DEFAULT_TASKS)
-    parser.add_argument("--mib", type=int, default=multi_job.DEFAULT_MIB)
-    parser.add_argument("--rounds", type=int, default=multi_job.DEFAULT_ROUNDS)
+    parser.add_argument("--tasks", type=int, default=jobs.DEFAULT_TASKS)
+    parser.add_argument("--mib", type=int, default=jobs.DEFAULT_MIB)
+    parser.add_argument("--rounds", type=int, default=jobs.DEFAULT_ROUNDS)
     parser.add_argument("--limit", type=_parse_size, default=_parse_size("2.5GiB"))
     parser.add_argument("--pids", type=int, default=64)
     parser.add_argument("--reps", type=int, default=3, help="measurements per variant")
@@ -303,13 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    problems = faults._missing(("memory", "pids"))
+    problems = cgroups.missing(("memory", "pids"))
     if problems:
         print("cannot run: " + "; ".join(problems), file=sys.stderr)
         return 2
-    faults.cleanup_leftovers()
+    cgroups.cleanup_leftovers()
 
-    from stepdown.core.resources import probe
+    from stepdown.planning.resources import probe
 
     cores = probe().cpus.value or os.cpu_count() or 1
     print(
@@ -325,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the sequential reference failed: {only.describe()}\n{only.stderr}", file=sys.stderr)
         return 2
     expected = only.output["results"]
-    if expected[:2] != multi_job.expected(min(args.tasks, 2), args.mib, args.rounds):
+    if expected[:2] != jobs.expected(min(args.tasks, 2), args.mib, args.rounds):
         print("the sequential reference disagrees with this process", file=sys.stderr)
         return 2
     per_task = only.output["cpu"] / args.tasks

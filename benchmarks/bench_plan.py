@@ -1,6 +1,6 @@
 """How long planning takes: the pure plan with a warm probe, and each step around it.
 
-    python benchmarks/bench_plan.py
+    python -m benchmarks.bench_plan
 
 Target: planning with a warm probe under 1 ms. Timings are medians of many calls (timeit).
 """
@@ -10,9 +10,10 @@ from __future__ import annotations
 import statistics
 import timeit
 
-from stepdown.core.plan import make_plan, plan
-from stepdown.core.policy import choose_profile, load_policy
-from stepdown.core.resources import probe
+from stepdown.planning.planner import make_plan
+from stepdown.planning.policy import choose_profile, load_policy
+from stepdown.planning.resources import probe
+from stepdown.planning.setup import plan
 
 
 def best(stmt: object, number: int = 200, repeat: int = 7) -> float:

@@ -1,6 +1,6 @@
 """The ray rung against Ray used directly, on one private local Ray (2 CPUs).
 
-    .venv/bin/python benchmarks/bench_ray.py [--repeat N] [--json PATH]
+    .venv/bin/python -m benchmarks.bench_ray [--repeat N] [--json PATH]
 
 Workloads (each task burns CPU in an arithmetic loop calibrated with ``time.process_time``, so
 a wall-clock spin cannot pass for work):
@@ -28,7 +28,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -85,8 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ray.util.multiprocessing import Pool
 
     import stepdown
-    from bench_ray import burn as task  # by reference, for every peer
     from stepdown.backends.ray import stop
+
+    from benchmarks.bench_ray import burn as task  # by reference, for every peer
 
     os.environ.pop("RAY_ADDRESS", None)  # the private instance, whatever the shell says
     ladder = [f"ray:{WORKERS}"]
@@ -168,5 +168,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Shared fixtures. Fault helpers (cgroups, ENOMEM at fork, ...) live in ``tests/faults.py``."""
+"""Shared fixtures. Helpers (real faults, cgroups, tasks, a toy backend): ``tests/support``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from stepdown.core import pools
+from stepdown.runner import pools
 
-import faults
+from tests.support import cgroups
+from tests.support.toy import register_toy
+
+# A backend added through the registry alone runs the same contract as the built-in ones.
+register_toy()
 
 # Every local backend, each as a one-rung ladder (sequential is appended by the runner).
 BACKEND_LADDERS = {
@@ -18,6 +22,7 @@ BACKEND_LADDERS = {
     "process-fork": [{"backend": "process", "workers": 2, "start_method": "fork"}],
     "process-forkserver": [{"backend": "process", "workers": 2, "start_method": "forkserver"}],
     "loky": ["loky:2"],
+    "toy": ["toy:2"],
 }
 
 
@@ -43,6 +48,6 @@ def warnings_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 @pytest.fixture(scope="session", autouse=True)
 def _no_leftover_cgroups() -> Iterator[None]:
     """Remove test cgroups left behind by a crashed earlier run."""
-    faults.cleanup_leftovers()
+    cgroups.cleanup_leftovers()
     yield
-    faults.cleanup_leftovers()
+    cgroups.cleanup_leftovers()

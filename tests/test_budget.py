@@ -21,8 +21,10 @@ from typing import Any
 
 import pytest
 
-from stepdown.core.budget import Budget, Grant, runtime_root
-from stepdown.core.errors import StepdownError, UsageError
+from stepdown.budget.budget import Budget
+from stepdown.budget.grant import Grant
+from stepdown.budget.slots import runtime_root
+from stepdown.errors import StepdownError, UsageError
 
 pytestmark = pytest.mark.timeout(60)
 

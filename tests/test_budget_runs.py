@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import stepdown
-from stepdown.core.budget import Budget
+from stepdown.budget.budget import Budget
 
-from tasks import square
+from tests.support.tasks import square
 
 pytestmark = pytest.mark.timeout(60)
 

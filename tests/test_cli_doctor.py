@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from faults import Cgroup, skip_unless_cgroups
+from tests.support.cgroups import Cgroup, skip_unless_cgroups
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,7 +50,7 @@ def test_doctor_inside_a_cgroup_of_one_cpu_and_2_gib() -> None:
         group.set_cpu_quota(1)
         group.set_memory_limit(2 * GIB)
         done = group.run_python(
-            "import sys; from stepdown.cli import main; sys.exit(main(['doctor', '--json']))"
+            "import sys; from stepdown.cli.main import main; sys.exit(main(['doctor', '--json']))"
         )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)

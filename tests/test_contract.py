@@ -12,9 +12,10 @@ import textwrap
 import pytest
 
 import stepdown
-from stepdown.core.errors import RemoteTraceback
+from stepdown.backends import registry
+from stepdown.errors import RemoteTraceback
 
-from tasks import TaskBug, fails_on_7, pid, slow_square, square
+from tests.support.tasks import TaskBug, fails_on_7, pid, slow_square, square
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,7 +53,7 @@ def test_task_exception_unchanged(ladder: list[object]) -> None:
         stepdown.run(fails_on_7, range(20), ladder=ladder)
     assert info.value.code == 7
     assert info.value.args == ("seven is bad", 7)
-    if backend_of_ladder(ladder) in ("process", "loky"):
+    if not registry.info(backend_of_ladder(ladder)).in_process:
         assert isinstance(info.value.__cause__, RemoteTraceback)
         assert "fails_on_7" in str(info.value.__cause__)
 
@@ -94,7 +95,7 @@ def test_imap_reads_lazily(ladder: list[object]) -> None:
 
 def test_runs_where_it_says(ladder: list[object]) -> None:
     pids = set(stepdown.map(pid, range(40), ladder=ladder, batch_size=1))
-    if backend_of_ladder(ladder) in ("sequential", "thread"):
+    if registry.info(backend_of_ladder(ladder)).in_process:
         assert pids == {os.getpid()}
     else:
         assert os.getpid() not in pids

@@ -10,10 +10,11 @@ import textwrap
 import pytest
 
 import stepdown
-from stepdown.core.errors import Reason
+from stepdown.errors import Reason
 
-from faults import Cgroup, fork_fails_with_enomem, skip_unless_cgroups
-from tasks import square
+from tests.support.cgroups import Cgroup, skip_unless_cgroups
+from tests.support.faults import fork_fails_with_enomem
+from tests.support.tasks import square
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,10 +44,10 @@ def test_pool_cannot_fork_enomem(warnings_log: pytest.LogCaptureFixture) -> None
 CHILD = textwrap.dedent(
     """
     import json, logging, sys, time
-    import stepdown, stepdown.core.engine, stepdown.core.plan, stepdown.backends.thread
+    import stepdown, stepdown.runner.engine, stepdown.planning.setup, stepdown.backends.thread
     import stepdown.backends.loky, stepdown.backends.process, loky, cloudpickle
-    from faults import Cgroup, pids_headroom
-    from tasks import square
+    from tests.support.cgroups import Cgroup, pids_headroom
+    from tests.support.tasks import square
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     k, ladder = int(sys.argv[1]), json.loads(sys.argv[2])

@@ -23,23 +23,20 @@ from pathlib import Path
 
 import pytest
 
-import faults
-from faults import (
+from tests.support import cgroups
+from tests.support.cgroups import (
     PREFIX,
     Cgroup,
-    calls,
     child_env,
     cleanup_leftovers,
-    count_calls_dir,
-    fork_fails_with_enomem,
-    limit_data,
     parse_flat_keyed,
     parse_mounts,
     parse_proc_cgroup,
     pids_headroom,
-    record_call,
     skip_unless_cgroups,
 )
+from tests.support.faults import fork_fails_with_enomem, limit_data
+from tests.support.tasks import counting_dir, counts, record
 
 MiB = 1 << 20
 
@@ -132,7 +129,7 @@ def test_pids_headroom_stops_thread_start_in_a_child() -> None:
 
 OWN_HEADROOM = """
 import threading
-from faults import Cgroup, pids_headroom
+from tests.support.cgroups import Cgroup, pids_headroom
 
 def start():
     threading.Thread(target=threading.Event().wait, daemon=True).start()
@@ -246,7 +243,7 @@ def test_oom_killer_off_blocks_the_child_and_destroy_still_ends_it() -> None:
 
 LIMITED_CHILD = """
 import threading
-from faults import limit_data
+from tests.support.faults import limit_data
 limit_data(64 << 20)
 small = bytearray(16 << 20)
 thread = threading.Thread(target=print, args=("threads still start",))
@@ -288,23 +285,23 @@ def test_limit_data_as_a_worker_initializer() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_record_call_counts_across_threads_and_processes(tmp_path: Path) -> None:
-    directory = count_calls_dir(tmp_path)
-    record_call(directory, 0)
-    threads = [threading.Thread(target=record_call, args=(directory, 1)) for _ in range(3)]
+def test_record_counts_across_threads_and_processes(tmp_path: Path) -> None:
+    directory = counting_dir(tmp_path)
+    record(directory, 0)
+    threads = [threading.Thread(target=record, args=(directory, 1)) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(record_call, [directory] * 4, [2, 2, 3, 4]))
-    code = f"from faults import record_call; record_call({directory!r}, 4)"
+        list(pool.map(record, [directory] * 4, [2, 2, 3, 4]))
+    code = f"from tests.support.tasks import record; record({directory!r}, 4)"
     subprocess.run([sys.executable, "-c", code], check=True, env=child_env(), timeout=50)
 
-    assert calls(directory) == Counter({0: 1, 1: 3, 2: 2, 3: 1, 4: 2})
-    writers = {name.split("-")[1] for name in os.listdir(directory)}
+    assert counts(directory) == Counter({0: 1, 1: 3, 2: 2, 3: 1, 4: 2})
+    writers = {name.split("-")[2] for name in os.listdir(directory)}
     assert str(os.getpid()) in writers and len(writers) >= 3
-    assert calls(count_calls_dir(tmp_path)) == Counter()
+    assert counts(counting_dir(tmp_path)) == Counter()
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -352,7 +349,7 @@ def test_with_block_destroys_even_after_an_error() -> None:
 
 LEAK = """
 import os, subprocess
-from faults import Cgroup
+from tests.support.cgroups import Cgroup
 group = Cgroup("memory", "pids", name="leaked")
 quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}  # or run() waits for it
 sleeper = group.popen(["sleep", "600"], start_new_session=True, **quiet)
@@ -422,14 +419,14 @@ def test_parse_mounts_hybrid_v1() -> None:
         "pids": Path("/sys/fs/cgroup/pids"),
     }
     assert mounts.v2 == Path("/sys/fs/cgroup/unified")
-    assert faults._version(mounts) == 1
+    assert cgroups._version(mounts) == 1
 
 
 def test_parse_mounts_unified_v2_and_none() -> None:
     mounts = parse_mounts(UNIFIED_MOUNTS)
     assert mounts.v1 == {} and mounts.v2 == Path("/sys/fs/cgroup")
-    assert faults._version(mounts) == 2
-    assert faults._version(parse_mounts("proc /proc proc rw 0 0\n")) is None
+    assert cgroups._version(mounts) == 2
+    assert cgroups._version(parse_mounts("proc /proc proc rw 0 0\n")) is None
     assert parse_mounts(r"cgroup2 /mnt/a\040b cgroup2 rw 0 0").v2 == Path("/mnt/a b")
 
 
@@ -459,8 +456,8 @@ def test_v2_group_writes_the_v2_files(tmp_path: Path, monkeypatch: pytest.Monkey
     (root / "cgroup.subtree_control").write_text("")
     mounts = tmp_path / "mounts"
     mounts.write_text(f"cgroup2 {root} cgroup2 rw,nosuid 0 0\n")
-    monkeypatch.setattr(faults, "_MOUNTS", mounts)
-    assert faults.cgroup_version() == 2
+    monkeypatch.setattr(cgroups, "_MOUNTS", mounts)
+    assert cgroups.cgroup_version() == 2
 
     group = Cgroup("memory", "pids", "cpu", name="v2")
     assert group.directories == [root / group.name]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import stepdown
-from stepdown.core.errors import Reason
+from stepdown.errors import Reason
 
-from tasks import executions, huge_for_5, poison_13, recorded
+from tests.support.tasks import counts, huge_for_5, poison_13, recorded
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -56,7 +56,7 @@ def test_worker_sigkilled_mid_run(
 
     report = results.report
     assert sorted(delivered) == list(range(40))
-    starts = executions(directory)
+    starts = counts(directory)
     assert set(starts) == set(range(40))
     # No result delivered before the kill was computed again.
     assert all(starts[i] == 1 for i in delivered_before_kill)

@@ -24,18 +24,12 @@ import pytest
 from joblib import Parallel, delayed, parallel_backend, parallel_config
 
 import stepdown
-from stepdown.core.errors import Reason
+from stepdown.errors import Reason
 from stepdown.integrations.joblib import StepdownBackend, register_joblib
 
-from faults import (
-    Cgroup,
-    calls,
-    count_calls_dir,
-    fork_fails_with_enomem,
-    record_call,
-    skip_unless_cgroups,
-)
-from tasks import TaskBug, fails_on_7, square
+from tests.support.cgroups import Cgroup, skip_unless_cgroups
+from tests.support.faults import fork_fails_with_enomem
+from tests.support.tasks import TaskBug, counting_dir, counts, fails_on_7, record, square
 
 LOKY = ["loky:2", "thread:2"]
 FORK = {"backend": "process", "workers": 2, "start_method": "fork"}
@@ -57,15 +51,15 @@ def burn(seconds: float) -> None:
         pass
 
 
-def recorded(starts: str, dones: str, i: int) -> int:
-    record_call(starts, i)
+def recorded(directory: str, i: int) -> int:
+    record(directory, i, "start")
     burn(0.05)
-    record_call(dones, i)
+    record(directory, i, "done")
     return i * i
 
 
 def fails_fast_on_3(directory: str, i: int) -> int:
-    record_call(directory, i)
+    record(directory, i)
     if i == 3:
         raise TaskBug("three is bad", 3)
     time.sleep(0.1)
@@ -126,11 +120,11 @@ def test_task_exception_arrives_unchanged(ladder: list[str]) -> None:
 
 @pytest.mark.timeout(60)
 def test_task_exception_drops_the_rest(tmp_path: Path, config: StepdownBackend) -> None:
-    directory = count_calls_dir(tmp_path)
+    directory = counting_dir(tmp_path)
     with pytest.raises(TaskBug):
         Parallel(batch_size=1)(delayed(fails_fast_on_3)(directory, i) for i in range(40))
     time.sleep(0.3)  # anything still running in a worker has finished by now
-    ran = calls(directory)
+    ran = counts(directory)
     assert ran[3] == 1
     assert sum(ran.values()) < 15, ran
     assert all(n == 1 for n in ran.values())
@@ -243,21 +237,22 @@ def test_large_arrays_reach_process_workers_as_memmaps(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(90)
 def test_worker_sigkilled_mid_run(tmp_path: Path, warnings_log: pytest.LogCaptureFixture) -> None:
-    starts, dones = count_calls_dir(tmp_path), count_calls_dir(tmp_path)
+    directory = counting_dir(tmp_path)
     finished_before_kill: set[int] = set()
     victims: list[int] = []
 
     def killer() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if len(calls(dones)) >= 20:
-                finished_before_kill.update(calls(dones))
+            if len(counts(directory, "done")) >= 20:
+                finished_before_kill.update(counts(directory, "done"))
                 time.sleep(0.03)  # those results have surely reached the parent by now
-                done = set(calls(dones))
+                done = set(counts(directory, "done"))
+                # start-<index>-<pid>-<uuid>: the pids of workers running an unfinished task
                 running = [
-                    int(name.split("-")[1])
-                    for name in os.listdir(starts)
-                    if int(name.split("-")[0]) not in done
+                    int(name.split("-")[2])
+                    for name in os.listdir(directory)
+                    if name.startswith("start-") and int(name.split("-")[1]) not in done
                 ]
                 running = [pid for pid in running if pid != os.getpid()]
                 if running:
@@ -269,12 +264,12 @@ def test_worker_sigkilled_mid_run(tmp_path: Path, warnings_log: pytest.LogCaptur
     side = threading.Thread(target=killer)
     with parallel_config(backend="stepdown", n_jobs=2, ladder=LOKY) as cfg:
         side.start()
-        results = Parallel(batch_size=1)(delayed(recorded)(starts, dones, i) for i in range(40))
+        results = Parallel(batch_size=1)(delayed(recorded)(directory, i) for i in range(40))
     side.join()
 
     assert victims, "the killer never fired"
     assert results == [i * i for i in range(40)]
-    ran = calls(starts)
+    ran = counts(directory)
     assert set(ran) == set(range(40))
     assert all(ran[i] == 1 for i in finished_before_kill)
     report = cfg["backend"].last_report
@@ -308,8 +303,8 @@ import json, logging, sys, time
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 from joblib import Parallel, delayed, parallel_config
 import stepdown.integrations.joblib
-from faults import Cgroup, pids_headroom
-from tasks import square
+from tests.support.cgroups import Cgroup, pids_headroom
+from tests.support.tasks import square
 
 group = Cgroup.current("pids")
 out = []
@@ -323,7 +318,8 @@ for k in {ks}:
         "k": k,
         "ok": results == [i * i for i in range(30)],
         "seconds": time.monotonic() - began,
-        "rungs": [[r.label, r.reason] for r in report.rungs] if report else None,
+        "rungs": [[r.label, r.reason] for r in report.rungs if not r.skipped] if report else None,
+        "skipped": [r.label for r in report.rungs if r.skipped] if report else None,
     }})
 print("OUTCOME", json.dumps(out))
 """
@@ -369,6 +365,7 @@ def test_thread_creation_fails_in_a_pids_cgroup(k: int) -> None:
 def test_plan_sees_the_pids_limit_and_avoids_the_failure() -> None:
     (outcome,) = _run_in_pids_group([4], LOKY, blind=False)
     assert outcome["rungs"] == [["thread(2)", None]]
+    assert outcome["skipped"] == ["loky(2)"]  # by the plan, which says why in the report
 
 
 @pytest.mark.timeout(120)

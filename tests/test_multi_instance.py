@@ -1,6 +1,6 @@
 """Eight instances of a memory-hungry job in one memory + pids cgroup: the Kaggle scenario.
 
-Each instance (``tests/multi_job.py``) scores 10 items; a task holds 200 MiB (every page
+Each instance (``tests/support/jobs.py``) scores 10 items; a task holds 200 MiB (every page
 written) and burns ~0.37 s of CPU. The group is sized between what the budget lets the eight
 instances hold at once and what eight unbudgeted pools would hold:
 
@@ -33,8 +33,7 @@ from pathlib import Path
 
 import pytest
 
-import faults
-import multi_job
+from tests.support import cgroups, jobs
 
 INSTANCES = 8
 TASKS = 10
@@ -60,19 +59,19 @@ def _available_memory() -> int | None:
 @pytest.fixture(scope="module")
 def expected() -> list[str]:
     """The results of one instance, computed one after the other in the test process."""
-    return multi_job.expected(TASKS, MIB, ROUNDS)
+    return jobs.expected(TASKS, MIB, ROUNDS)
 
 
 @pytest.fixture
-def group() -> Iterator[faults.Cgroup]:
-    faults.skip_unless_cgroups("memory", "pids")
+def group() -> Iterator[cgroups.Cgroup]:
+    cgroups.skip_unless_cgroups("memory", "pids")
     available = _available_memory()
     if available is not None and available < MEMORY_LIMIT + 2**29:
         pytest.skip(
             f"needs {(MEMORY_LIMIT + 2**29) / 2**30:.1f} GiB of free memory for a "
             f"{MEMORY_LIMIT / 2**30:.1f} GiB group, {available / 2**30:.1f} GiB free"
         )
-    with faults.Cgroup("memory", "pids", name="multi") as g:
+    with cgroups.Cgroup("memory", "pids", name="multi") as g:
         g.set_memory_limit(MEMORY_LIMIT)
         g.set_pids_max(PIDS_MAX)
         yield g
@@ -87,27 +86,27 @@ def runtime(tmp_path: Path) -> str:
 
 
 def _run(
-    group: faults.Cgroup, mode: str, runtime: str, timeout: float
-) -> tuple[list[multi_job.Instance], float]:
+    group: cgroups.Cgroup, mode: str, runtime: str, timeout: float
+) -> tuple[list[jobs.Instance], float]:
     env = {"XDG_RUNTIME_DIR": runtime, "STEPDOWN_HOST_WORKERS": str(HOST_WORKERS)}
     began = time.time()
-    instances = multi_job.start_instances(
+    instances = jobs.start_instances(
         group, mode, INSTANCES, tasks=TASKS, mib=MIB, rounds=ROUNDS, env=env
     )
-    ended = multi_job.wait_instances(group, instances, timeout)
+    ended = jobs.wait_instances(group, instances, timeout)
     return instances, ended - began
 
 
-def _pids_refused(group: faults.Cgroup) -> int:
+def _pids_refused(group: cgroups.Cgroup) -> int:
     """How often the pids controller refused a fork or a thread (``pids.events max``)."""
     events = group._file("pids", "pids.events")
     if not events.exists():
         return 0
-    return faults.parse_flat_keyed(events.read_text()).get("max", 0)
+    return cgroups.parse_flat_keyed(events.read_text()).get("max", 0)
 
 
 def _show(
-    title: str, group: faults.Cgroup, instances: list[multi_job.Instance], wall: float
+    title: str, group: cgroups.Cgroup, instances: list[jobs.Instance], wall: float
 ) -> str:
     done = sum(i.completed for i in instances)
     lines = [
@@ -120,13 +119,13 @@ def _show(
     return text
 
 
-def _stderr(instances: list[multi_job.Instance]) -> str:
+def _stderr(instances: list[jobs.Instance]) -> str:
     return "\n".join(f"--- {i.name}\n{i.stderr[-3000:]}" for i in instances)
 
 
 @pytest.mark.timeout(120)
 def test_calibration_unbudgeted_joblib_pools_are_killed_in_this_group(
-    group: faults.Cgroup, runtime: str
+    group: cgroups.Cgroup, runtime: str
 ) -> None:
     """The group is tight enough: eight raw ``joblib.Parallel(n_jobs=3)`` do not all survive."""
     pytest.importorskip("joblib")
@@ -140,7 +139,7 @@ def test_calibration_unbudgeted_joblib_pools_are_killed_in_this_group(
 
 @pytest.mark.timeout(120)
 def test_eight_budgeted_instances_all_complete_without_an_oom_kill(
-    group: faults.Cgroup, runtime: str, expected: list[str]
+    group: cgroups.Cgroup, runtime: str, expected: list[str]
 ) -> None:
     instances, wall = _run(group, "stepdown-budget", runtime, timeout=90)
     text = _show("stepdown, budget on", group, instances, wall)
@@ -178,7 +177,7 @@ def test_eight_budgeted_instances_all_complete_without_an_oom_kill(
 
 @pytest.mark.timeout(120)
 def test_eight_unbudgeted_instances_step_down_and_lose_no_result(
-    group: faults.Cgroup, runtime: str, expected: list[str]
+    group: cgroups.Cgroup, runtime: str, expected: list[str]
 ) -> None:
     """Without the budget every instance plans loky(2) alone: 16 tasks at once do not fit.
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from stepdown.core import plan as plan_module
-from stepdown.core.errors import PolicyError, UsageError
-from stepdown.core.plan import Plan, make_plan, plan
-from stepdown.core.policy import (
+from stepdown.errors import PolicyError, UsageError
+from stepdown.planning import setup as plan_module
+from stepdown.planning.plan import Plan
+from stepdown.planning.planner import make_plan
+from stepdown.planning.policy import (
     Conditions,
     Policy,
     Profile,
@@ -19,8 +20,9 @@ from stepdown.core.policy import (
     load_policy,
     parse_policy_ladder,
 )
-from stepdown.core.resources import Environment, Reading, Resources
-from stepdown.core.rung import Rung
+from stepdown.planning.resources import Environment, Reading, Resources
+from stepdown.planning.rung import Rung
+from stepdown.planning.setup import plan
 
 GiB = 1024**3
 

@@ -31,14 +31,15 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'stepdown[ray]'")
 
 import stepdown  # noqa: E402
-from stepdown.backends import ray as ray_backend  # noqa: E402
-from stepdown.core.errors import Reason, RemoteTraceback  # noqa: E402
+from stepdown.backends.ray import session as ray_session  # noqa: E402
+from stepdown.errors import Reason, RemoteTraceback  # noqa: E402
 
-from tasks import TaskBug, fails_on_7, poison_13, slow_square, square  # noqa: E402
+from tests.support.tasks import TaskBug, fails_on_7, poison_13, slow_square, square  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
-TESTS = Path(__file__).resolve().parent
+# The repository: children import tests.support from it.
+ROOT = Path(__file__).resolve().parent.parent
 RAY = ["ray:2"]
 STORE = str(200 * 2**20)
 
@@ -53,7 +54,7 @@ def private_ray() -> Iterator[None]:
     run = stepdown.run(square, range(4), ladder=[small])
     assert run.report.final_rung == "ray(2)", str(run.report)
     yield
-    ray_backend.stop()
+    ray_session.stop()
     os.environ.pop("RAY_AUTH_MODE", None)
     os.environ.update(saved)
 
@@ -68,7 +69,7 @@ def free_port() -> int:
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without any Ray setting, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
 
@@ -78,7 +79,7 @@ def child(code: str, env: dict[str, str], timeout: float = 120) -> dict[str, Any
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         env=env,
-        cwd=TESTS,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -231,7 +232,7 @@ def test_silent_endpoint_steps_down_within_bound() -> None:
             import json, logging, time
             logging.basicConfig(level=logging.WARNING)
             import stepdown
-            from tasks import square
+            from tests.support.tasks import square
             began = time.monotonic()
             rung = {{"backend": "ray", "workers": 2, "address": "{address}",
                     "connect_timeout": 2}}
@@ -504,7 +505,7 @@ def test_cluster_refuses_a_missing_token(cluster: Cluster, tmp_path: Path) -> No
         """
         import json, time
         import stepdown
-        from tasks import square
+        from tests.support.tasks import square
         began = time.monotonic()
         run = stepdown.run(square, range(10), ladder=["ray:2"])
         print(json.dumps({"results": run.results, "skipped": run.report.rungs[0].skipped,
@@ -526,7 +527,7 @@ def test_gcs_death_steps_down_instead_of_hanging() -> None:
 
     stepdown.run(square, range(4), ladder=RAY)  # the private instance is up
     gcs = ray._private.worker._global_node.all_processes["gcs_server"][0].process.pid
-    processes = ray_backend._processes(ray)
+    processes = ray_session.processes(ray)
 
     def kill_soon() -> None:
         time.sleep(1.0)

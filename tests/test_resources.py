@@ -35,8 +35,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stepdown.core import resources
-from stepdown.core.resources import (
+from stepdown.planning import resources
+from stepdown.planning.resources import (
     Cgroup,
     CgroupEntry,
     Mount,
@@ -608,7 +608,7 @@ def test_probe_cache() -> None:
 
 
 def test_import_is_cheap() -> None:
-    code = "import sys, stepdown.core.resources; assert 'psutil' not in sys.modules"
+    code = "import sys, stepdown.planning.resources; assert 'psutil' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -703,7 +703,7 @@ def test_probe_inside_a_real_cgroup() -> None:
                 Path(directory, "cgroup.procs").write_text(str(os.getpid()))
 
         code = (
-            "from stepdown.core.resources import probe; import json; "
+            "from stepdown.planning.resources import probe; import json; "
             "print(json.dumps(probe().to_dict()))"
         )
         environ = {k: v for k, v in os.environ.items() if not k.startswith("STEPDOWN_")}

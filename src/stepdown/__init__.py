@@ -5,8 +5,31 @@ and step down — process pool, thread pool, sequential — without losing a fin
 >>> stepdown.map(abs, [-1, -2, 3], ladder=["thread:2"])
 [1, 2, 3]
 
+The data path, one way::
+
+    fn, items, options ──▶ api / executor / integrations.joblib / cli     (the public face)
+                               │ Options: every option, checked once
+                               ▼
+                       planning.setup.prepare                                (set up once)
+                               │ policy loaded, profile chosen, machine probed,
+                               │ host budget built, plan made (planning.planner, pure)
+                               ▼
+                       runner.engine.Engine                                  (the state machine)
+                               │ rungs in order; a failure is translated at one boundary
+                               │ (backends.failures) and decided (runner.decide)
+                               ▼
+                       backends.<name> ◀── backends.registry: every fact about a backend
+                               │ each batch runs inside runner.batch.run_batch (in a worker)
+                               ▼
+                       results, in order or as completed ──▶ runner.report.Report
+
+Folders, one job each: ``planning/`` decides (rungs, policy, resources, plan), ``budget/`` shares
+a host between instances, ``runner/`` runs (engine, batches, isolation, warm pools, report),
+``backends/`` holds the interface, the registry and each backend, ``integrations/`` joblib,
+``cli/`` the ``stepdown`` command.
+
 The public names load on first use, so ``import stepdown`` stays cheap (and so does importing
-``stepdown.core.batch`` in a worker process).
+``stepdown.runner.batch`` in a worker process).
 """
 
 from __future__ import annotations
@@ -18,8 +41,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from .core.api import Run, imap, map, run
-    from .core.errors import (
+    from .api import Run, imap, map, run
+    from .errors import (
         BackendUnavailable,
         PolicyError,
         Reason,
@@ -28,9 +51,10 @@ if TYPE_CHECKING:
         TaskCrashed,
         UsageError,
     )
-    from .core.executor import Executor
-    from .core.plan import Plan, plan
-    from .core.report import Report
+    from .executor import Executor
+    from .planning.plan import Plan
+    from .planning.setup import plan
+    from .runner.report import Report
 
 __all__ = [
     "BackendUnavailable",
@@ -58,9 +82,9 @@ _WHERE = {
     "map": "api",
     "run": "api",
     "Executor": "executor",
-    "Plan": "plan",
-    "plan": "plan",
-    "Report": "report",
+    "Plan": "planning.plan",
+    "plan": "planning.setup",
+    "Report": "runner.report",
     "BackendUnavailable": "errors",
     "PolicyError": "errors",
     "Reason": "errors",
@@ -75,7 +99,7 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'stepdown' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"stepdown.core.{module}"), name)
+    value = getattr(importlib.import_module(f"stepdown.{module}"), name)
     globals()[name] = value
     return value
 

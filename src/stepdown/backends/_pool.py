@@ -12,8 +12,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
 
-from ..core.backend import Backend
-from ..core.errors import Reason, ResourceFailure
+from ..errors import Reason, ResourceFailure
+from .base import Backend
 
 __all__ = ["PoolBackend"]
 
@@ -24,8 +24,6 @@ _START_TIMEOUT = 60.0
 
 class PoolBackend(Backend):
     """A process pool: start all workers now, watch its manager thread, kill on abandon."""
-
-    in_process = False
 
     def __init__(self, workers: int, options: Any = None) -> None:
         super().__init__(workers, options)

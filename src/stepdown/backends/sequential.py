@@ -6,7 +6,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from ..core.backend import Backend
+from .base import Backend
 
 __all__ = ["SequentialBackend"]
 
@@ -15,7 +15,7 @@ class SequentialBackend(Backend):
     """Runs each submitted call at once, in the caller's thread; futures come back done."""
 
     name = "sequential"
-    in_process = True
+    synchronous = True
 
     def start(self) -> None:
         pass

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ..core.backend import Backend
+from .base import Backend
 
 __all__ = ["ThreadBackend"]
 
@@ -21,7 +21,6 @@ class ThreadBackend(Backend):
     """
 
     name = "thread"
-    in_process = True
 
     def __init__(self, workers: int, options: Any = None) -> None:
         super().__init__(workers, options)

@@ -12,8 +12,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..core.api import _engine, _progress
-from ..core.errors import UsageError
+from ..api import start
+from ..errors import UsageError
+from ..options import Options
+from ..runner.progress import progress_bar
 from .arc import ArcDataMissing, TaskScore, load_tasks, score_task, summarize
 
 __all__ = ["demo"]
@@ -44,15 +46,14 @@ def demo(
         arc = load_tasks(limit=tasks)
     except ArcDataMissing as exc:
         raise UsageError(str(exc)) from None
-    engine = _engine(score_task, arc, profile=profile, policy=policy)
-    assert engine.plan is not None
+    engine = start(score_task, arc, Options(profile=profile, policy=policy))
     print(engine.plan.explain())
     print(
         f"\nscoring {len(arc)} ARC tasks (arc1 training set) against candidate programs\n",
         flush=True,
     )
     scores: list[TaskScore | None] = [None] * len(arc)
-    bar = _progress(len(arc), progress)
+    bar = progress_bar(len(arc), progress)
     started = time.perf_counter()
     killed = not kill_a_worker
     try:

@@ -1,0 +1,47 @@
+"""A profile's ``budget`` table, typed: whether instances share a host budget, and how."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import UsageError
+
+__all__ = ["ENV_SWITCH", "ON_EXHAUSTED", "BudgetSettings", "OnExhausted"]
+
+OnExhausted = Literal["step-down", "wait"]
+ON_EXHAUSTED: tuple[OnExhausted, ...] = ("step-down", "wait")
+ENV_SWITCH = "STEPDOWN_BUDGET"
+
+_ON = ("1", "on", "true", "yes")
+_OFF = ("0", "off", "false", "no")
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """``enabled``: coordinate with other instances on this host. ``size``: worker slots (``None``:
+    the CPUs this process may use). ``on_exhausted``: with no slot free, ``"step-down"`` to the
+    next rung (the last one always gets its slot) or ``"wait"`` up to ``wait`` seconds for one.
+    """
+
+    enabled: bool = False
+    size: int | None = None
+    on_exhausted: OnExhausted = "step-down"
+    wait: float = 30.0
+
+    @property
+    def wait_seconds(self) -> float:
+        """How long a rung waits for slots: ``wait`` when it waits, else 0."""
+        return self.wait if self.on_exhausted == "wait" else 0.0
+
+    def switched(self, environ: Mapping[str, str]) -> bool:
+        """Whether the budget is on: ``STEPDOWN_BUDGET=on|off`` overrides ``enabled``."""
+        switch = environ.get(ENV_SWITCH, "").strip().lower()
+        if switch in _ON:
+            return True
+        if switch in _OFF:
+            return False
+        if switch:
+            raise UsageError(f"{ENV_SWITCH}: expected on or off, not {switch!r}")
+        return self.enabled

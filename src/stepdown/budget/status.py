@@ -1,0 +1,72 @@
+"""Who holds which slot of a budget, as read at one moment (``stepdown doctor`` shows it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["BudgetStatus", "SlotStatus"]
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    """One held slot. ``pid`` is ``None`` when its record is unreadable (held by "unknown")."""
+
+    slot: str
+    pid: int | None
+    label: str
+    memory: int
+    started: float | None
+    over_budget: bool
+    mine: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot,
+            "pid": self.pid,
+            "label": self.label,
+            "memory": self.memory,
+            "started": self.started,
+            "over_budget": self.over_budget,
+            "mine": self.mine,
+        }
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """The held slots of a budget at one moment; free slots are not listed."""
+
+    name: str
+    directory: str
+    size: int
+    held: tuple[SlotStatus, ...]
+
+    @property
+    def held_in_budget(self) -> int:
+        """Held slots that count against ``size`` (guaranteed slots beyond it do not)."""
+        return sum(1 for s in self.held if not s.over_budget)
+
+    @property
+    def free(self) -> int:
+        return max(0, self.size - self.held_in_budget)
+
+    @property
+    def reserved_memory(self) -> int:
+        """Memory reserved by every holder, this process included."""
+        return sum(s.memory for s in self.held)
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return tuple(sorted({s.pid for s in self.held if s.pid is not None}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "directory": self.directory,
+            "size": self.size,
+            "held": self.held_in_budget,
+            "free": self.free,
+            "over_budget": sum(1 for s in self.held if s.over_budget),
+            "reserved_memory": self.reserved_memory,
+            "slots": [s.to_dict() for s in self.held],
+        }

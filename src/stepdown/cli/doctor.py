@@ -1,0 +1,177 @@
+"""``stepdown doctor``: what this machine offers, which backends are here, and the plans it gets."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..backends.registry import BackendInfo, infos
+from ..budget.budget import Budget
+from ..planning.plan import Plan
+from ..planning.reading import Reading
+from ..planning.resources import Resources
+from ..planning.setup import Survey, survey
+from ..units import format_size
+
+__all__ = ["DoctorReport", "doctor"]
+
+_PLAN_SIZES = (1, 4, 64)
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    available: bool
+    version: str | None
+    install: str | None
+
+    def describe(self) -> str:
+        if not self.available:
+            return f"{self.name:<11} missing: {self.install}"
+        return f"{self.name:<11} {self.version or 'standard library'}"
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    resources: Resources
+    backends: tuple[BackendStatus, ...]
+    policy_source: str
+    profile: str
+    profile_source: str
+    plans: tuple[Plan, ...]
+    ray: Mapping[str, Any] | None
+    budget: Mapping[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "resources": self.resources.to_dict(),
+            "backends": [vars(b) for b in self.backends],
+            "policy": self.policy_source,
+            "profile": {"name": self.profile, "source": self.profile_source},
+            "ray": self.ray,
+            "budget": self.budget,
+            "plans": {str(p.tasks): p.to_dict() for p in self.plans},
+        }
+
+    def explain(self) -> str:
+        r = self.resources
+        lines = ["stepdown doctor", "", "machine"]
+        lines.append(_line("CPUs", r.cpus, str))
+        lines.append(_line("memory free", r.memory_available, format_size))
+        lines.append(_line("memory limit", r.memory_limit, format_size))
+        lines.append(_line("pids/threads left", r.tasks_left, str))
+        lines.append(_line("/dev/shm free", r.shm_free, format_size))
+        lines.append(_line("this process", r.caller_rss, format_size))
+        env = r.env
+        found = [name for name in ("kaggle", "ci", "container") if getattr(env, name)]
+        if env.ray_address:
+            found.append(f"RAY_ADDRESS={env.ray_address}")
+        lines.append(f"  {'environment':<18} {', '.join(found) or 'nothing special'}")
+        if r.cgroup_version is not None:
+            lines.append(f"  {'cgroups':<18} v{r.cgroup_version}")
+            for controller, path in sorted(r.cgroup_paths.items()):
+                lines.append(f"  {'':<18} {controller}: {path}")
+        lines += ["", "backends"]
+        lines += [f"  {b.describe()}" for b in self.backends]
+        if self.ray is not None:
+            lines.append(f"  {'':<11} ray cluster: {_ray_line(self.ray)}")
+        if self.budget is not None:
+            lines += ["", "host budget", f"  {_budget_line(self.budget)}"]
+        lines += [
+            "",
+            "policy",
+            f"  {'policy':<8} {self.policy_source}",
+            f"  {'profile':<8} {self.profile} ({self.profile_source})",
+        ]
+        for chosen in self.plans:
+            ladder = " → ".join(f"{p.label}" for p in chosen.rungs if not p.skipped)
+            skipped = [f"{p.rung.label()} ({p.reason})" for p in chosen.rungs if p.skipped]
+            text = f"  {chosen.tasks:>3} tasks: {ladder}   [{chosen.rule.label}]"
+            if skipped:
+                text += f"; skipped: {'; '.join(skipped)}"
+            lines.append(text)
+        lines += ["", "Run `stepdown plan --tasks N` for the reasons behind each number."]
+        return "\n".join(lines)
+
+
+def _line(name: str, reading: Reading, fmt: Any) -> str:
+    value = "unknown" if reading.value is None else fmt(reading.value)
+    return f"  {name:<18} {value:<12} [{reading.source}]"
+
+
+def _ray_line(status: Mapping[str, Any]) -> str:
+    parts = [
+        f"{k}={v}" for k, v in status.items() if k not in ("installed", "version") and v is not None
+    ]
+    return ", ".join(parts) or "not configured"
+
+
+def _budget_line(status: Mapping[str, Any]) -> str:
+    if status.get("error"):
+        return f"unavailable: {status['error']}"
+    held = status.get("status") or {}
+    slots = held.get("slots") or []
+    pids = sorted({s.get("pid") for s in slots if s.get("pid") is not None})
+    state = "on" if status.get("enabled") else "off for this profile (STEPDOWN_BUDGET=on)"
+    return (
+        f"{state}: {status.get('size')} slots at {status.get('directory')}; {len(slots)} held"
+        + (f" by pids {', '.join(map(str, pids))}" if pids else "")
+        + f"; {format_size(held.get('reserved_memory', 0))} reserved"
+    )
+
+
+def _backend(backend: BackendInfo) -> BackendStatus:
+    if backend.dependency is None:
+        return BackendStatus(backend.name, True, None, None)
+    if importlib.util.find_spec(backend.dependency) is None:
+        return BackendStatus(backend.name, False, None, backend.install)
+    try:
+        version: str | None = importlib.metadata.version(backend.distribution or backend.dependency)
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return BackendStatus(backend.name, True, version, None)
+
+
+def _ray_status(resources: Resources) -> Mapping[str, Any] | None:
+    if importlib.util.find_spec("ray") is None:
+        return None
+    from ..backends.ray import ray_status
+
+    status: Mapping[str, Any] = ray_status(resources.env.ray_address)
+    return status
+
+
+def _budget(found: Survey) -> Mapping[str, Any]:
+    """The host budget's settings and status: the one the run uses when it is on, else the one
+    ``STEPDOWN_BUDGET=on`` would give (a doctor reports what is wrong, it does not fail on it)."""
+    budget = found.budget
+    if budget is None:
+        try:
+            size = found.profile.budget.size or found.resources.cpus.value or 1
+            budget = Budget.from_env(size)
+        except Exception as exc:
+            return {"error": str(exc)}
+    return {**budget.to_dict(), "enabled": found.budget is not None}
+
+
+def doctor(
+    profile: str | None = None,
+    policy: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+) -> DoctorReport:
+    """Everything stepdown sees and decides on this machine: one survey (policy, probe,
+    profile, budget), planned for 1, 4 and 64 tasks. Raises ``PolicyError``."""
+    found = survey(profile, policy)
+    return DoctorReport(
+        resources=found.resources,
+        backends=tuple(_backend(backend) for backend in infos()),
+        policy_source=found.policy.source,
+        profile=found.profile.name,
+        profile_source=found.profile_source,
+        plans=tuple(found.plan(n) for n in _PLAN_SIZES),
+        ray=_ray_status(found.resources),
+        budget=_budget(found),
+    )

@@ -1,1 +1,0 @@
-"""The core: backend interface, errors, resources, policy, plan, runner, budget, report."""

@@ -1,0 +1,142 @@
+"""Every run option, declared once: its type, its default and its check.
+
+``run``, ``map``, ``imap``, ``Executor`` and the joblib backend take these as keyword arguments
+(typed by the ``TypedDict`` s below, so a misspelt option fails ``mypy``) and build one frozen
+:class:`Options`, checked once, that the setup and the runner read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, TypedDict
+
+from .errors import UsageError
+from .planning.policy import PolicySpec, parse_policy_ladder
+from .planning.rung import Rung
+from .units import parse_size
+
+__all__ = [
+    "BackendOptions",
+    "Errors",
+    "ExecutorOptions",
+    "LadderSpec",
+    "MemoryErrors",
+    "Options",
+    "RunOptions",
+]
+
+Errors = Literal["raise", "return"]
+MemoryErrors = Literal["step-down", "raise"]
+LadderSpec = Sequence[str | Rung | Mapping[str, Any]] | str
+
+
+class ExecutorOptions(TypedDict, total=False):
+    """The options :class:`stepdown.Executor` takes by keyword (see :class:`Options`)."""
+
+    profile: str | None
+    policy: PolicySpec
+    max_workers: int | None
+    task_memory: int | str | None
+    stall_timeout: float
+    memory_error: MemoryErrors
+    reuse: bool
+
+
+class BackendOptions(ExecutorOptions, total=False):
+    """The options of the joblib backend ``"stepdown"``: the executor's, and a ladder."""
+
+    ladder: LadderSpec | None
+
+
+class RunOptions(BackendOptions, total=False):
+    """The options ``run``, ``map`` and ``imap`` take by keyword, besides their own."""
+
+    batch_size: int | None
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a run chooses its ladder and behaves. Every field is checked on construction; a bad
+    value is a :class:`~stepdown.errors.UsageError` naming the option and the value.
+
+    ``ladder`` (e.g. ``["loky:3", "thread:2"]``) replaces the policy's rules; otherwise
+    ``profile`` and ``policy`` choose one (see the policy docs). ``max_workers`` caps every
+    rung's workers, keeping the policy. ``task_memory`` (e.g. ``"300MiB"``) declares what one
+    task holds; the plan sizes rungs with it. ``errors``: ``"raise"`` the first task exception,
+    or ``"return"`` it in the task's place. ``ordered``: results in input order, or as they
+    complete. ``progress``: a bar on stderr (``None``: only on a terminal). ``stall_timeout``
+    bounds how long dead executor machinery may hold tasks before it counts as a failure.
+    ``memory_error``: whether a ``MemoryError`` raised inside a task steps down (a rung with
+    fewer workers may fit) or is the task's error. ``batch_size`` fixes the tasks per batch
+    (default: adaptive). ``reuse`` keeps a healthy pool warm for the next call.
+    """
+
+    ladder: LadderSpec | None = None
+    profile: str | None = None
+    policy: PolicySpec = None
+    max_workers: int | None = None
+    task_memory: int | str | None = None
+    errors: Errors = "raise"
+    ordered: bool = True
+    progress: bool | None = False
+    stall_timeout: float = 3.0
+    memory_error: MemoryErrors = "step-down"
+    batch_size: int | None = None
+    reuse: bool = True
+    # Derived once, from the fields above.
+    rungs: tuple[Rung, ...] | None = field(init=False, repr=False, compare=False)
+    task_bytes: int | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.errors not in ("raise", "return"):
+            raise UsageError(f"errors must be 'raise' or 'return', not {self.errors!r}")
+        if self.memory_error not in ("step-down", "raise"):
+            raise UsageError(
+                f"memory_error must be 'step-down' or 'raise', not {self.memory_error!r}"
+            )
+        timeout = self.stall_timeout
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not 0 < timeout < math.inf
+        ):
+            raise UsageError(f"stall_timeout must be a positive number of seconds, not {timeout!r}")
+        _whole("batch_size", self.batch_size)
+        _whole("max_workers", self.max_workers)
+        for name in ("reuse", "ordered"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        if self.progress not in (True, False, None):
+            raise UsageError(f"progress must be True, False or None, not {self.progress!r}")
+        object.__setattr__(self, "rungs", _rungs(self.ladder))
+        object.__setattr__(self, "task_bytes", _bytes(self.task_memory))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Every option a caller may give."""
+        return tuple(f.name for f in fields(cls) if f.init)
+
+
+def _whole(name: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{name} must be a whole number of at least 1, not {value!r}")
+
+
+def _rungs(ladder: object) -> tuple[Rung, ...] | None:
+    if ladder is None:
+        return None
+    specs = [ladder] if isinstance(ladder, (str, Mapping, Rung)) else ladder
+    return parse_policy_ladder(specs, "ladder argument", "ladder")
+
+
+def _bytes(task_memory: int | str | None) -> int | None:
+    if task_memory is None:
+        return None
+    try:
+        return parse_size(task_memory)
+    except (ValueError, OverflowError, TypeError) as exc:
+        raise UsageError(f"task_memory: {exc}") from None

@@ -1,0 +1,196 @@
+"""Planning: a pure function from (policy, profile, resources, tasks) to a :class:`Plan`.
+
+::
+
+    rules, in order ──first whose `when` holds──▶ its ladder
+    each rung ──▶ workers = min(cap, max_workers, tasks, CPUs, memory fits, pids fit) * fraction
+                  0 ──▶ kept in the plan, skipped, with the reason
+                  same as the usable rung above ──▶ skipped (nothing to step down to)
+
+Every number carries its reason, so ``explain()`` can show each decision. Thread rungs share the
+caller's memory: they are limited by memory only when a task's memory is declared. Process rungs
+need a worker's own footprint (``memory_per_worker``; ``"auto"`` = the caller's measured RSS)
+plus the task's memory. Rungs whose workers run elsewhere (Ray) are limited only by their cap,
+the task count and, without a cap, this host's CPUs. What a backend costs (pids a worker, where
+its workers run) comes from the backend registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import UsageError
+from ..units import format_size
+from .plan import Plan, PlannedRung, RuleChoice, percent, plural, worker_memory
+from .policy import Policy, Profile
+from .resources import Resources
+from .rung import Rung, ending_last
+
+__all__ = ["make_plan"]
+
+_SINGLE_REASON = "1: one task at a time, in the caller"
+
+
+def make_plan(
+    policy: Policy,
+    profile: Profile,
+    resources: Resources,
+    tasks: int | None,
+    *,
+    profile_source: str = "argument",
+    task_memory: int | None = None,
+    ladder: Sequence[Rung] | None = None,
+    max_workers: int | None = None,
+) -> Plan:
+    """Plan ``tasks`` tasks (``None``: unknown) with ``profile`` on ``resources``.
+
+    ``ladder`` replaces the profile's rules (its memory settings still apply). ``task_memory``
+    is what one task holds, in bytes, if declared. ``max_workers`` caps every rung. Pure:
+    reads nothing but its arguments.
+    """
+    if tasks is not None and (isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 0):
+        raise UsageError(f"tasks must be a whole number >= 0 or None, not {tasks!r}")
+    if task_memory is not None and (
+        isinstance(task_memory, bool) or not isinstance(task_memory, int) or task_memory < 0
+    ):
+        raise UsageError(f"task_memory must be a byte count >= 0 or None, not {task_memory!r}")
+    if max_workers is not None and (
+        isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+    ):
+        raise UsageError(f"max_workers must be a whole number >= 1 or None, not {max_workers!r}")
+    if ladder is not None:
+        if not ladder:
+            raise UsageError("ladder: a ladder needs at least one rung")
+        rungs = ending_last(ladder)
+        rule = RuleChoice(None, "given", "the ladder was an argument")
+    else:
+        rungs, rule = _first_rule(profile, resources, tasks)
+    planned: list[PlannedRung] = []
+    for rung in rungs:
+        workers, reason = _resolve(rung, profile, resources, tasks, task_memory, max_workers)
+        for i, earlier in enumerate(planned, 1):
+            if not rung.info.last and not earlier.skipped and _same(earlier, rung, workers):
+                workers = 0
+                same = earlier.rung.label(earlier.workers)
+                reason = f"same as rung {i}, {same}: nothing to step down to"
+        planned.append(PlannedRung(rung, workers, reason))
+    return Plan(
+        profile=profile.name,
+        profile_source=profile_source,
+        policy_source=policy.source,
+        rule=rule,
+        tasks=tasks,
+        rungs=tuple(planned),
+        resources=resources,
+        memory_per_worker=profile.memory_per_worker,
+        memory_headroom=profile.memory_headroom,
+        task_memory=task_memory,
+        budget=profile.budget,
+    )
+
+
+def _first_rule(
+    profile: Profile, resources: Resources, tasks: int | None
+) -> tuple[tuple[Rung, ...], RuleChoice]:
+    failed: list[str] = []
+    for index, rule in enumerate(profile.rules):
+        holds, why = rule.when.holds(tasks, resources)
+        conditions = rule.when.describe()
+        if holds:
+            return rule.ladder, RuleChoice(index, conditions, why, tuple(failed))
+        failed.append(f"rules[{index}], {conditions}: {why}")
+    # The loader makes the last rule of every profile unconditional; a hand-built one may not be.
+    return ending_last(()), RuleChoice(None, "none held", "sequential only", tuple(failed))
+
+
+def _same(earlier: PlannedRung, rung: Rung, workers: int) -> bool:
+    """Whether ``rung`` with ``workers`` would be the same pool as ``earlier``."""
+    if earlier.rung.backend != rung.backend or earlier.workers != workers:
+        return False
+    return earlier.resolved() == PlannedRung(rung, workers, "").resolved()
+
+
+def _resolve(
+    rung: Rung,
+    profile: Profile,
+    resources: Resources,
+    tasks: int | None,
+    task_memory: int | None,
+    max_workers: int | None,
+) -> tuple[int, str]:
+    """A rung's worker count and its reason; 0 with the reason it cannot run."""
+    if rung.info.single:
+        return 1, _SINGLE_REASON
+    # (limit, how it reads when it is a limit, how it reads when it is 0)
+    limits: list[tuple[int, str, str]] = []
+    if rung.workers is not None:
+        limits.append((rung.workers, f"cap {rung.workers}", "cap 0"))
+    if max_workers is not None:
+        limits.append((max_workers, f"max_workers {max_workers}", ""))
+    if tasks is not None:
+        limits.append((tasks, plural(tasks, "task"), "no tasks"))
+    cpus = resources.cpus.value
+    if not rung.info.local:
+        if rung.workers is None and max_workers is None:
+            n = cpus or 1
+            limits.append((n, f"{plural(n, 'CPU')} here (Ray may have more)", ""))
+    else:
+        if cpus is None:
+            limits.append((1, "CPU count unknown, taken as 1", ""))
+        else:
+            limits.append((cpus, plural(cpus, "CPU"), "no CPUs"))
+        memory = _memory_limit(rung, profile, resources, task_memory)
+        if memory is not None:
+            limits.append(memory)
+        pids = _pids_limit(rung, resources)
+        if pids is not None:
+            limits.append(pids)
+    if not limits:
+        return 1, "1: nothing known limits it, and nothing asks for more"
+    n, binding, _ = min(limits, key=lambda limit: limit[0])
+    if n <= 0:
+        return 0, next(zero for limit, _, zero in limits if limit <= 0)
+    others = ", ".join(text for _, text, _ in limits if text is not binding)
+    within = f"; within {others}" if others else ""
+    fraction = rung.options.get("fraction")
+    if isinstance(fraction, float) and fraction < 1:
+        scaled = max(1, int(n * fraction))
+        return scaled, f"{scaled} = {fraction:g} of {binding}{within}"
+    return n, f"{n} = {binding}{within}"
+
+
+def _memory_limit(
+    rung: Rung, profile: Profile, resources: Resources, task_memory: int | None
+) -> tuple[int, str, str] | None:
+    """How many workers memory fits, or ``None`` when memory does not limit this rung."""
+    per = worker_memory(rung, profile.memory_per_worker, resources, task_memory)
+    if not per:
+        return None
+    each = "a task" if rung.in_process else "a worker"
+    free = resources.memory_available.value
+    if free is None:
+        return None
+    headroom = profile.memory_headroom
+    usable = int(free * (1 - headroom))
+    fits = usable // per
+    detail = f"{format_size(per)} {each}, {format_size(free)} free less {percent(headroom)}"
+    return (
+        fits,
+        f"memory fits {fits} ({detail})",
+        f"needs {format_size(per)} {each}, {format_size(usable)} usable "
+        f"({format_size(free)} free less {percent(headroom)})",
+    )
+
+
+def _pids_limit(rung: Rung, resources: Resources) -> tuple[int, str, str] | None:
+    left = resources.tasks_left.value
+    cost = rung.info.pids
+    if left is None or cost is None:
+        return None
+    per, fixed = cost
+    fits = max(0, (left - fixed) // per)
+    return (
+        fits,
+        f"pids fit {fits} ({per} a worker + {fixed}, {left} left)",
+        f"needs {per + fixed} pids or threads, {left} left",
+    )

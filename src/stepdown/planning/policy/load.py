@@ -1,0 +1,200 @@
+"""Loading the policy and choosing the profile.
+
+Where the policy comes from, first found wins::
+
+    argument ─▶ $STEPDOWN_POLICY ─▶ ./stepdown.toml ─▶ ./pyproject.toml [tool.stepdown] ─▶ built-in
+
+Which profile, first found wins::
+
+    argument ─▶ $STEPDOWN_PROFILE ─▶ the policy's top-level ``profile`` ─▶ "auto"
+
+A user's profiles are laid over the built-in ones by name (a user's ``kaggle`` replaces the
+built-in ``kaggle`` whole). The format is documented in ``docs/policy.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+from ...errors import PolicyError
+from ..resources import Resources, probe
+from .model import Policy, Profile
+from .parse import builtin, describe, parse_document, profile_names
+
+__all__ = ["AUTO_SERVER_MIN_CPUS", "PolicySpec", "choose_profile", "load_policy"]
+
+# What `auto` picks, checked in this order: Ray, Kaggle, a big host, else a laptop.
+AUTO_SERVER_MIN_CPUS = 16
+
+PolicySpec = str | os.PathLike[str] | Mapping[str, Any] | Policy | None
+
+
+def load_policy(
+    policy: str | os.PathLike[str] | Mapping[str, Any] | Policy | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Policy:
+    """The policy from ``policy`` (a path, a table, a :class:`Policy`), else from the places
+    in the module docstring, in that order. Raises :class:`PolicyError` only."""
+    if isinstance(policy, Policy):
+        return policy
+    env = os.environ if environ is None else environ
+    base = _working_directory(cwd)
+    if isinstance(policy, Mapping):
+        return _merge(parse_document(policy, "<dict>", "", "argument (dict)"))
+    if isinstance(policy, (str, os.PathLike)):
+        path = _absolute(base, policy)
+        return _merge(_load_file(path, "", f"argument ({path})"))
+    if policy is not None:
+        raise PolicyError(
+            "a policy is a path to a TOML file, a table (dict) or a Policy, "
+            f"not {type(policy).__name__}",
+            source="argument",
+        )
+    from_env = env.get("STEPDOWN_POLICY")
+    if from_env:
+        path = _absolute(base, from_env)
+        return _merge(_load_file(path, "", f"STEPDOWN_POLICY ({path})"))
+    if base is None:  # the working directory was deleted: it holds no policy
+        return builtin()
+    local = base / "stepdown.toml"
+    if local.is_file():
+        path = str(local.absolute())
+        return _merge(_load_file(path, "", f"stepdown.toml ({path})"))
+    pyproject = base / "pyproject.toml"
+    if pyproject.is_file():
+        path = str(pyproject.absolute())
+        found = _load_file(path, "tool.stepdown", f"pyproject.toml [tool.stepdown] ({path})")
+        if found is not None:
+            return _merge(found)
+    return builtin()
+
+
+def _working_directory(cwd: str | os.PathLike[str] | None) -> Path | None:
+    try:
+        return Path(cwd if cwd is not None else os.getcwd()).absolute()
+    except OSError:
+        return None
+
+
+def _absolute(base: Path | None, path: str | os.PathLike[str]) -> str:
+    given = Path(os.fspath(path))
+    if base is None and not given.is_absolute():
+        raise PolicyError("a relative path, and the working directory is gone", str(given))
+    return str(given if base is None else base / given)
+
+
+# Parsed files by (path, section, source label, content): a file is read on every call (cheap)
+# but parsed and validated again only when its bytes change.
+_FILE_CACHE: dict[tuple[str, str, str, bytes], Policy | None] = {}
+_FILE_CACHE_SIZE = 32
+
+
+def _load_file(path: str, section: str, label: str) -> Policy | None:
+    """Parse one TOML file; ``section`` (``"tool.stepdown"``) selects a table in it, and its
+    absence gives ``None``."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PolicyError(f"cannot read the policy file: {message}", path) from None
+    key = (path, section, label, data)
+    if key in _FILE_CACHE:
+        return _FILE_CACHE[key]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(
+            f"not UTF-8 text (byte {exc.start}); TOML files are UTF-8", path
+        ) from None
+    try:
+        document: Mapping[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"not valid TOML: {exc}", path) from None
+    table: Any = document
+    prefix = ""
+    if section:
+        for part in section.split("."):
+            if not isinstance(table, Mapping) or part not in table:
+                table = None
+                break
+            table = table[part]
+        prefix = section + "."
+    result = None if table is None else parse_document(table, path, prefix, label)
+    if len(_FILE_CACHE) >= _FILE_CACHE_SIZE:
+        _FILE_CACHE.clear()
+    _FILE_CACHE[key] = result
+    return result
+
+
+def _merge(user: Policy | None) -> Policy:
+    base = builtin()
+    if user is None:
+        return base
+    profiles = MappingProxyType({**base.profiles, **user.profiles})
+    return Policy(profiles, user.default_profile, user.source)
+
+
+def choose_profile(
+    policy: Policy,
+    profile: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    resources: Resources | None = None,
+) -> tuple[Profile, str]:
+    """The profile to use, and where that choice came from (``"STEPDOWN_PROFILE"``,
+    ``"auto: KAGGLE_KERNEL_RUN_TYPE is set"``, ...). ``auto`` reads ``resources`` (probed when
+    not given). Raises :class:`PolicyError` for an unknown name."""
+    env = os.environ if environ is None else environ
+    if profile is not None:
+        name, origin = profile, "argument"
+    elif env.get("STEPDOWN_PROFILE"):
+        name, origin = env["STEPDOWN_PROFILE"], "STEPDOWN_PROFILE"
+    elif policy.default_profile is not None:
+        name, origin = policy.default_profile, f"'profile' in {policy.source}"
+    else:
+        name, origin = "auto", "built-in"
+    if not isinstance(name, str):
+        raise PolicyError(f"a profile is a name, not {describe(name)}", origin)
+    if name == "auto":
+        if resources is None:
+            resources = probe(env, max_age=1.0)
+        name, why = _auto(resources, env)
+        origin = f"auto: {why}" if origin == "built-in" else f"{origin} = auto; {why}"
+    if name not in policy.profiles:
+        raise PolicyError(
+            f"unknown profile {name!r}; known profiles: {profile_names(policy.profiles)}", origin
+        )
+    return policy.profiles[name], origin
+
+
+def _auto(resources: Resources, environ: Mapping[str, str]) -> tuple[str, str]:
+    """Ray, then Kaggle, then a big host, else a laptop: the name, and why."""
+    env = resources.env
+    if env.ray_address is not None:
+        if environ.get("RAY_ADDRESS"):
+            return "ray", "RAY_ADDRESS is set"
+        return "ray", f"a Ray address was found ({env.ray_address})"
+    if env.kaggle:
+        for var in ("KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_URL_BASE"):
+            if environ.get(var):
+                return "kaggle", f"{var} is set"
+        return "kaggle", "a Kaggle environment was detected (/kaggle/working)"
+    cpus = resources.cpus.value
+    if cpus is not None and cpus >= AUTO_SERVER_MIN_CPUS:
+        return "server", f"{cpus} CPUs (>= {AUTO_SERVER_MIN_CPUS})"
+    if cpus is None:
+        return "laptop", "CPU count unknown, not Ray or Kaggle"
+    return "laptop", f"{cpus} CPUs (< {AUTO_SERVER_MIN_CPUS}), not Ray or Kaggle"

@@ -1,0 +1,113 @@
+"""Handing finished batches to the caller, task by task, and running suspects alone first.
+
+A task's exception is the task's outcome: raised with ``errors="raise"``, else delivered in the
+task's place, with the worker's traceback as ``__cause__``. Only a ``MemoryError`` raised inside
+a task may instead send the task back to run on a smaller rung (``memory_error="step-down"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Generator, Iterator
+from typing import Any
+
+from ..errors import RemoteTraceback, TaskCrashed
+from ..options import Options
+from .batch import BatchResult, TaskException
+from .flights import Batch, Feed, Sizer
+from .report import Report, RungRecord
+
+__all__ = ["Delivery", "Outcome"]
+
+log = logging.getLogger("stepdown")
+
+Outcome = tuple[int, Any, bool]
+
+
+class Delivery:
+    """Turns batch results into ``(index, value, ok)`` outcomes and keeps the count."""
+
+    def __init__(self, options: Options, feed: Feed, sizer: Sizer, report: Report) -> None:
+        self.options = options
+        self.feed = feed
+        self.sizer = sizer
+        self.report = report
+        self.delivered = 0
+
+    def deliver(
+        self, batch: Batch, record: RungRecord, result: BatchResult, can_step_down: bool
+    ) -> Generator[Outcome, None, MemoryError | None]:
+        """Hand a finished batch's outcomes out; return a MemoryError that should step down."""
+        self.sizer.observe(len(batch.items), result.elapsed)
+        errors = result.errors or {}
+        step_down: MemoryError | None = None
+        for position, index in enumerate(batch.indexes):
+            if position in errors:
+                exc = _task_exception(errors[position])
+                if (
+                    isinstance(exc, MemoryError)
+                    and self.options.memory_error == "step-down"
+                    and can_step_down
+                ):
+                    self.feed.requeue(Batch([index], [batch.items[position]]))
+                    step_down = step_down or exc
+                    continue
+                yield from self.task_failed(index, exc)
+                record.finished += 1
+                continue
+            record.finished += 1
+            self.delivered += 1
+            yield index, result.values[position], True
+        return step_down
+
+    def task_failed(self, index: int, exc: BaseException) -> Iterator[Outcome]:
+        self.report.task_errors += 1
+        self.delivered += 1
+        if self.options.errors == "raise":
+            raise exc
+        yield index, exc, False
+
+    def isolate(self, payload: bytes, start_method: str | None) -> Iterator[Outcome]:
+        """Run each suspect batch alone in fresh processes before an in-process rung."""
+        from .isolation import Crashed, bisect  # multiprocessing: only when needed
+
+        record = RungRecord(label="isolation(1)", backend="isolation", workers=1, started=True)
+        self.report.rungs.append(record)
+        began = time.perf_counter()
+        for batch in self.feed.take_suspects():
+            self.report.isolated += len(batch.items)
+            items = dict(zip(batch.indexes, batch.items, strict=True))
+            try:
+                pieces = list(bisect(payload, batch.indexes, batch.items, start_method))
+            except OSError as exc:
+                log.warning(
+                    "cannot start a process to isolate %d suspect task%s (%s); they run on "
+                    "the next rung",
+                    len(batch.items),
+                    "" if len(batch.items) == 1 else "s",
+                    exc,
+                )
+                batch.suspect = False
+                self.feed.requeue(batch)
+                continue
+            for indexes, outcome in pieces:
+                if isinstance(outcome, Crashed):
+                    index = indexes[0]
+                    self.report.crashed.append(index)
+                    log.warning(
+                        "task %d killed its worker process again; reported as crashed", index
+                    )
+                    yield from self.task_failed(index, TaskCrashed(index, outcome.exitcode))
+                    continue
+                piece = Batch(list(indexes), [items[i] for i in indexes])
+                yield from self.deliver(piece, record, outcome, can_step_down=False)
+        record.wall = time.perf_counter() - began
+
+
+def _task_exception(error: BaseException | TaskException) -> BaseException:
+    if isinstance(error, TaskException):
+        exc = error.exc
+        exc.__cause__ = RemoteTraceback(error.tb)
+        return exc
+    return error

@@ -1,0 +1,180 @@
+"""What the runner moves around: batches of tasks, the batches in flight, and where tasks come
+from (the caller's items, an :class:`Inbox` fed by ``Executor.submit``, or the requeue).
+
+::
+
+    items / Inbox ──▶ Feed.take(size) ──▶ Batch ──submit──▶ Flight (future, backend, record)
+                         ▲                                     │ failed rung: not finished
+                         └────────── Feed.requeue(batch) ◀─────┘
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sized
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+    from .report import RungRecord
+
+__all__ = ["Batch", "Feed", "Flight", "Inbox", "Sizer"]
+
+_MAX_BATCH = 10_000
+
+
+@dataclass
+class Batch:
+    """Tasks that travel together: their input indexes and items. ``suspect``: in flight when
+    a worker process died, so it may be the cause (it runs alone before an in-process rung)."""
+
+    indexes: list[int]
+    items: list[Any]
+    suspect: bool = False
+
+    def __lt__(self, other: Batch) -> bool:
+        return self.indexes[0] < other.indexes[0]
+
+
+@dataclass
+class Flight:
+    """A batch submitted to a backend, and the record of the rung that took it."""
+
+    batch: Batch
+    backend: Backend
+    record: RungRecord
+
+
+class Sizer:
+    """Adaptive batch size: enough tasks per batch to hide the per-batch cost (IPC, pickling),
+    few enough that every worker gets several batches."""
+
+    def __init__(self, fixed: int | None, target: float) -> None:
+        self.fixed = fixed
+        self.target = target
+        self.per_task: float | None = None
+        self.last = 1
+
+    def observe(self, tasks: int, elapsed: float) -> None:
+        if tasks:
+            sample = max(elapsed / tasks, 1e-7)
+            self.per_task = sample if self.per_task is None else 0.7 * self.per_task + 0.3 * sample
+
+    def size(self, workers: int, remaining: int | None) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        if self.per_task is None:
+            return 1
+        # Grow at most fourfold a step, so one early fast sample cannot pull a huge batch.
+        ideal = max(1, min(int(self.target / self.per_task), _MAX_BATCH))
+        size = min(ideal, 4 * self.last)
+        if remaining is not None:
+            # Several batches per worker, so the last ones do not leave workers idle; but not
+            # a tail of tiny batches that each pay the per-batch cost.
+            size = min(size, max(math.ceil(remaining / (4 * workers)), ideal // 4, 1))
+        self.last = size
+        return size
+
+
+class Inbox:
+    """A source that is fed while the run goes on (``Executor.submit``), read without blocking.
+
+    ``listener`` (set by the runner) is called after every ``put`` and on ``close``, so the
+    runner wakes for new work as it wakes for finished batches.
+    """
+
+    def __init__(self) -> None:
+        self._items: deque[Any] = deque()
+        self._closed = False
+        self._lock = threading.Lock()
+        self.listener: Callable[[None], None] = lambda _: None
+
+    def put(self, item: Any) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._items.append(item)
+        self.listener(None)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self.listener(None)
+
+    def take(self, n: int, accept: Callable[[Any], bool]) -> tuple[list[Any], bool]:
+        """Up to ``n`` items that ``accept`` admits, and whether the inbox is closed and empty."""
+        taken: list[Any] = []
+        with self._lock:
+            while self._items and len(taken) < n:
+                item = self._items.popleft()
+                if accept(item):
+                    taken.append(item)
+            return taken, self._closed and not self._items
+
+
+class Feed:
+    """Where the next batch comes from: requeued batches first, then new items, read lazily.
+
+    In order, results wait for the earliest; ``expected`` is the next index to hand out, and
+    new items are read only a window ahead of it, so one slow early batch cannot let finished
+    later results pile up without end.
+    """
+
+    def __init__(
+        self, items: Iterable[Any] | Inbox, sizer: Sizer, accept: Callable[[Any], bool]
+    ) -> None:
+        self.inbox = items if isinstance(items, Inbox) else None
+        self.total = len(items) if isinstance(items, Sized) else None
+        self._source: Iterator[Any] = iter(()) if isinstance(items, Inbox) else iter(items)
+        self._sizer = sizer
+        self._accept = accept
+        self.requeued: list[Batch] = []
+        self.next_index = 0
+        self.expected = 0
+        self.exhausted = self.total == 0  # nothing to do: no pool is started for it
+
+    def take(self, workers: int, in_flight: int, ordered: bool) -> Batch | None:
+        """The next batch for a rung of ``workers`` with room for ``in_flight`` batches."""
+        if self.requeued:
+            return self.requeued.pop(0)
+        if self.exhausted:
+            return None
+        if ordered:
+            window = 2 * in_flight * max(self._sizer.last, 1)
+            if self.next_index - self.expected >= window:
+                return None
+        remaining = None if self.total is None else self.total - self.next_index
+        size = self._sizer.size(workers, remaining)
+        if self.inbox is not None:
+            items, self.exhausted = self.inbox.take(size, self._accept)
+            indexes = list(range(self.next_index, self.next_index + len(items)))
+            self.next_index += len(items)
+            return Batch(indexes, items) if items else None
+        indexes, items = [], []
+        for item in self._source:
+            indexes.append(self.next_index)
+            items.append(item)
+            self.next_index += 1
+            if len(items) >= size:
+                break
+        else:
+            self.exhausted = True
+        return Batch(indexes, items) if items else None
+
+    def requeue(self, batch: Batch) -> None:
+        """Run ``batch`` again, before any new item, in input order."""
+        self.requeued.append(batch)
+        self.requeued.sort()
+
+    def take_suspects(self) -> list[Batch]:
+        """Remove and return the suspect batches (they run alone before an in-process rung)."""
+        suspects = [b for b in self.requeued if b.suspect]
+        self.requeued = [b for b in self.requeued if not b.suspect]
+        return suspects
+
+    @property
+    def has_suspects(self) -> bool:
+        return any(b.suspect for b in self.requeued)

@@ -1,0 +1,95 @@
+"""Warm executors kept between runs in one process.
+
+For a short job the pool's start-up is the job (loky takes ~110 ms to start, a task may take
+10 ms), so an executor that finished a run healthy is kept idle and handed to the next run that
+asks for the same rung. A broken executor is never kept. Everything kept is shut down at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+
+from ..backends.base import Backend
+from ..backends.registry import load_backend
+from ..planning.rung import Rung
+
+__all__ = ["acquire", "release", "shutdown_all"]
+
+_IDLE_MAX = 2
+_idle: OrderedDict[Hashable, Backend] = OrderedDict()
+_lock = threading.Lock()
+
+
+def _key(rung: Rung, workers: int) -> Hashable:
+    return (rung.backend, workers, tuple(sorted((k, repr(v)) for k, v in rung.options.items())))
+
+
+def acquire(
+    rung: Rung, workers: int, reuse: bool = True, stall_timeout: float = 3.0
+) -> tuple[Backend, bool]:
+    """A started backend for ``rung`` with ``workers``, and whether it was warm.
+
+    Raises what starting raised (the caller translates it) or ``BackendUnavailable``.
+    """
+    key = _key(rung, workers)
+    if reuse:
+        with _lock:
+            backend = _idle.pop(key, None)
+        if backend is not None:
+            if backend.health() is None and backend.broken is None:
+                backend.stall_timeout = stall_timeout
+                return backend, True
+            backend.abandon()
+    cls = load_backend(rung.backend)
+    backend = cls(workers, rung.options)
+    backend.stall_timeout = stall_timeout
+    try:
+        backend.start()
+    except BaseException:
+        backend.abandon()
+        raise
+    return backend, False
+
+
+def release(backend: Backend, rung: Rung, reuse: bool = True) -> None:
+    """Keep a healthy, idle ``backend`` warm for the next run, else shut it down."""
+    if backend.closed:
+        return
+    if (
+        not reuse
+        or rung.options.get("reuse") is False
+        or backend.in_process
+        or backend.broken is not None
+        or backend.health()
+    ):
+        backend.shutdown()
+        return
+    key = _key(rung, backend.workers)
+    evicted: list[Backend] = []
+    with _lock:
+        old = _idle.pop(key, None)
+        if old is not None:
+            evicted.append(old)
+        _idle[key] = backend
+        while len(_idle) > _IDLE_MAX:
+            evicted.append(_idle.popitem(last=False)[1])
+    for stale in evicted:
+        stale.shutdown()
+
+
+def shutdown_all() -> None:
+    """Shut down every warm executor (also registered to run at interpreter exit)."""
+    with _lock:
+        kept = list(_idle.values())
+        _idle.clear()
+    for backend in kept:
+        try:
+            backend.shutdown()
+        except Exception:
+            backend.abandon()
+
+
+atexit.register(shutdown_all)

@@ -1,0 +1,124 @@
+"""What a run did: each rung tried, what it finished, why it failed, what ran twice."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..planning.plan import Plan
+
+__all__ = ["Report", "RungRecord", "log_plan"]
+
+log = logging.getLogger("stepdown")
+
+
+@dataclass
+class RungRecord:
+    """One rung as it was tried."""
+
+    label: str
+    backend: str
+    workers: int
+    started: bool = False
+    start_seconds: float = 0.0
+    reused: bool = False
+    finished: int = 0
+    failure: str | None = None
+    reason: str | None = None
+    requeued: int = 0
+    skipped: str | None = None
+    wall: float = 0.0
+    slots: str | None = None
+
+    def describe(self) -> str:
+        if self.skipped is not None:
+            return f"{self.label} skipped ({self.skipped})"
+        if not self.started:
+            return f"{self.label} could not start ({self.failure})"
+        if self.backend == "isolation":
+            return f"suspects run alone in fresh processes, {self.finished} finished"
+        start = "warm" if self.reused else f"started in {self.start_seconds * 1000:.0f} ms"
+        text = f"{self.label} ({start}) finished {self.finished}"
+        if self.failure is not None:
+            text += f", then failed: {self.failure}; {self.requeued} in flight moved on"
+        return text
+
+
+@dataclass
+class Report:
+    """The record of one run. ``str(report)`` is one readable paragraph."""
+
+    tasks: int = 0
+    rungs: list[RungRecord] = field(default_factory=list)
+    rerun: int = 0
+    crashed: list[int] = field(default_factory=list)
+    task_errors: int = 0
+    isolated: int = 0
+    wall: float = 0.0
+    plan: str | None = None
+
+    @classmethod
+    def planned(cls, plan: Plan, tasks: int | None) -> Report:
+        """The report of a run about to start: its plan, and the rungs the plan skipped."""
+        report = cls(tasks=tasks or 0, plan=f"profile {plan.profile}, {plan.rule.label}")
+        for planned in plan.rungs:
+            if planned.skipped:
+                report.rungs.append(
+                    RungRecord(
+                        label=planned.rung.label(),
+                        backend=planned.rung.backend,
+                        workers=0,
+                        skipped=planned.reason,
+                    )
+                )
+        return report
+
+    @property
+    def stepped_down(self) -> bool:
+        return any(r.failure is not None or r.skipped is not None for r in self.rungs)
+
+    @property
+    def final_rung(self) -> str | None:
+        started = [r for r in self.rungs if r.started]
+        return started[-1].label if started else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        parts = [f"{self.tasks} tasks in {self.wall:.2f} s"]
+        if self.plan:
+            parts[0] += f" ({self.plan})"
+        parts[0] += ": " + "; ".join(r.describe() for r in self.rungs) + "."
+        tail = []
+        if self.rerun or any(r.failure is not None for r in self.rungs):
+            tail.append(f"{self.rerun} ran again after a failure (they were in flight)")
+        if self.isolated:
+            tail.append(f"{self.isolated} were suspects")
+        if self.task_errors:
+            tail.append(f"{self.task_errors} raised")
+        if self.crashed:
+            tail.append(
+                f"{len(self.crashed)} killed their worker twice (tasks "
+                f"{', '.join(map(str, self.crashed[:10]))})"
+            )
+        if not tail:
+            return parts[0]
+        text = "; ".join(tail)
+        return f"{parts[0]} {text[0].upper()}{text[1:]}."
+
+
+def log_plan(plan: Plan) -> None:
+    """One INFO line for the ladder a run is about to climb, and one for each skipped rung."""
+    log.info(
+        "plan: profile %s (%s), %s: %s",
+        plan.profile,
+        plan.profile_source,
+        plan.rule.label,
+        " → ".join(r.label for r in plan.rungs if not r.skipped),
+    )
+    for planned in plan.rungs:
+        if planned.skipped:
+            log.info("plan: %s skipped: %s", planned.rung.label(), planned.reason)
