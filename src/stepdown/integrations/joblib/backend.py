@@ -45,8 +45,9 @@ class StepdownBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     ``ladder`` (e.g. ``["loky:4", "thread:2"]``) replaces the policy's rules; otherwise
     ``profile`` and ``policy`` choose the ladder as everywhere in stepdown. ``n_jobs`` caps every
     rung's workers; ``prefer="threads"`` or ``require="sharedmem"`` climb only the thread rung.
-    ``stall_timeout`` and ``reuse`` are :class:`stepdown.Executor`'s. Options can be given here,
-    to ``parallel_config(backend="stepdown", ...)``, or per call to ``Parallel(...)``.
+    The other options (``max_workers``, ``task_memory``, ``stall_timeout``, ``memory_error``,
+    ``reuse``) are :class:`~stepdown.options.Options`'. Options can be given here, to
+    ``parallel_config(backend="stepdown", ...)``, or per call to ``Parallel(...)``.
 
     ``last_report`` is the :class:`stepdown.Report` of the last call that ended.
     """
