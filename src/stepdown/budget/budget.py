@@ -15,16 +15,9 @@ the same CPUs and the same free memory, each start the same pool, and the OOM ki
 them degrade by design instead: an instance granted fewer slots runs fewer workers, one granted
 none steps down or waits, and the planner subtracts what the others have reserved.
 
-How: each slot is a file in ``<runtime>/<name>/`` locked with ``flock`` on its own open file
-description, so the kernel frees it when its holder dies, however it dies. The holder writes a
-one-line JSON record into the file (pid, start time, memory reserved, label) for others to read
-without locking; a slot counts as held only while its lock is held, whatever the file says.
-The directory is the caller's own (mode 0700, owner checked) and no symbolic link in it is
-followed, so another user cannot plant or redirect slot files.
-
-A grant belongs to the process that acquired it. A forked child drops its copies of the slot
-descriptors at once (``os.register_at_fork``), so a pool worker forked while slots were held does
-not keep them alive after its parent dies.
+How: each slot is a file in ``<runtime>/<name>/`` held with ``flock``, so the kernel frees it
+when its holder dies, however it dies; the files, their records and the safety checks on them
+are :mod:`.slots`'. A grant belongs to the process that acquired it (:mod:`.grant`).
 """
 
 from __future__ import annotations

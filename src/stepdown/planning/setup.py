@@ -100,9 +100,15 @@ def survey(
     return Survey(chosen_policy, chosen, why, resources, budget)
 
 
-def prepare(options: Options, tasks: int | None, environ: Mapping[str, str] | None = None) -> Setup:
+def prepare(
+    options: Options,
+    tasks: int | None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Setup:
     """Survey, then plan ``tasks`` tasks (``None``: unknown) as ``options`` say."""
-    found = survey(options.profile, options.policy, environ)
+    found = survey(options.profile, options.policy, environ, cwd=cwd)
     chosen = found.plan(
         tasks,
         ladder=options.rungs,
@@ -129,12 +135,13 @@ def plan(
     caps every rung; ``task_memory`` (e.g. ``"300MiB"``) declares what one task holds.
     """
     options = Options(
-        ladder=ladder, profile=profile, task_memory=task_memory, max_workers=max_workers
+        ladder=ladder,
+        profile=profile,
+        policy=policy,
+        task_memory=task_memory,
+        max_workers=max_workers,
     )
-    found = survey(profile, policy, environ, cwd=cwd)
-    return found.plan(
-        tasks, ladder=options.rungs, task_memory=options.task_bytes, max_workers=max_workers
-    )
+    return prepare(options, tasks, environ, cwd=cwd).plan
 
 
 def _less_reserved(resources: Resources, reserved: int) -> Resources:
