@@ -162,6 +162,7 @@ def test_public_names() -> None:
     assert sorted(stepdown.__all__) == [
         "BackendUnavailable",
         "Executor",
+        "InitializerFailed",
         "Plan",
         "PolicyError",
         "Reason",
@@ -170,7 +171,9 @@ def test_public_names() -> None:
         "Run",
         "StepdownError",
         "TaskCrashed",
+        "TaskTimeout",
         "UsageError",
+        "finished",
         "imap",
         "map",
         "plan",

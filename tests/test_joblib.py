@@ -27,9 +27,18 @@ import stepdown
 from stepdown.errors import Reason
 from stepdown.integrations.joblib import StepdownBackend, register_joblib
 
+from tests.support import tasks
 from tests.support.cgroups import Cgroup, skip_unless_cgroups
 from tests.support.faults import fork_fails_with_enomem
-from tests.support.tasks import TaskBug, counting_dir, counts, fails_on_7, record, square
+from tests.support.tasks import (
+    TaskBug,
+    counting_dir,
+    counts,
+    fails_on_7,
+    hangs_on_3,
+    record,
+    square,
+)
 
 LOKY = ["loky:2", "thread:2"]
 FORK = {"backend": "process", "workers": 2, "start_method": "fork"}
@@ -405,3 +414,22 @@ def test_scikit_learn_gives_the_same_scores_as_loky() -> None:
     with parallel_config(backend="stepdown") as cfg:
         assert scores() == expected
     assert cfg["backend"].last_report is not None
+
+
+@pytest.mark.timeout(60)
+def test_joblib_timeout_stops_the_hung_batch(tmp_path: Path) -> None:
+    """``Parallel(timeout=...)`` is each batch's task_timeout: the hung one's worker is killed
+    and joblib raises the TimeoutError, within the timeout's reach, not after the hang."""
+    calls = counting_dir(tmp_path)
+    tasks.RELEASE.clear()  # a forked worker inherits it: set, the task would not hang
+    began = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError) as info:
+            Parallel(n_jobs=2, backend="stepdown", timeout=1.0)(
+                delayed(hangs_on_3)((calls, i)) for i in range(6)
+            )
+    finally:
+        tasks.RELEASE.set()
+    assert isinstance(info.value, stepdown.TaskTimeout)
+    assert time.monotonic() - began < 20
+    assert counts(calls)[3] == 1

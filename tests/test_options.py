@@ -24,8 +24,12 @@ def test_the_keyword_options_are_the_options_fields() -> None:
     assert set(BackendOptions.__optional_keys__) == set(RunOptions.__optional_keys__) - {
         "batch_size"
     }
+    # The executor takes ProcessPoolExecutor's own as that does (max_workers positional, ...).
     assert set(ExecutorOptions.__optional_keys__) == set(BackendOptions.__optional_keys__) - {
-        "ladder"
+        "ladder",
+        "max_workers",
+        "initializer",
+        "initargs",
     }
     # The same types as the dataclass declares them (both are strings: postponed annotations).
     hints = typing.get_type_hints(Options)
@@ -45,6 +49,12 @@ def test_the_keyword_options_are_the_options_fields() -> None:
         ("reuse", "yes", "reuse must be True or False, not 'yes'"),
         ("progress", "auto", "progress must be True, False or None, not 'auto'"),
         ("task_memory", "lots", "task_memory: not a size: 'lots'"),
+        ("task_timeout", 0, "task_timeout must be a positive number of seconds, not 0"),
+        ("task_timeout", "9", "task_timeout must be a positive number of seconds, not '9'"),
+        ("initializer", 5, "initializer must be callable, not 5"),
+        ("initargs", "ab", "initargs must be a tuple, not 'ab'"),
+        ("max_tasks_per_child", 0, "max_tasks_per_child must be a whole number of at least 1"),
+        ("start_method", "vfork", "start_method must be one of fork, forkserver, spawn"),
         ("ladder", ["lokky:2"], r"ladder\[0\]: unknown backend 'lokky'"),
     ],
 )
@@ -98,10 +108,12 @@ def test_a_misspelt_option_fails_the_type_check(tmp_path: Path) -> None:
                 return x
 
             ok: list[int] = stepdown.map(f, [1], ladder=["thread:2"], max_workers=2)
-            with stepdown.Executor(["thread:2"], stall_timeout=2.0) as ex:
+            with stepdown.Executor(2, ladder=["thread:2"], stall_timeout=2.0) as ex:
                 ex.submit(f, 1)
+            kept: list[int | BaseException] = stepdown.map(f, [1], [2], errors="return")
             bad = stepdown.map(f, [1], lader=["thread:2"])
             worse = stepdown.run(f, [1], reuse="yes")
+            mixed: list[int] = stepdown.map(f, [1], errors="return")
             """
         )
     )
@@ -113,6 +125,9 @@ def test_a_misspelt_option_fails_the_type_check(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     errors = [line for line in out.stdout.splitlines() if ": error:" in line]
-    assert len(errors) == 2, out.stdout
-    assert 'Unexpected keyword argument "lader" for "map"' in errors[0]
-    assert 'Argument "reuse" to "run" has incompatible type "str"' in errors[1]
+    # Only the three bad lines fail (the snippet's lines 11, 12 and 13).
+    assert {line.split(":")[1] for line in errors} == {"11", "12", "13"}, out.stdout
+    assert any('Unexpected keyword argument "lader"' in line for line in errors), out.stdout
+    assert any(":12: error:" in line and '"run"' in line for line in errors), out.stdout
+    # errors="return" is typed with the exceptions among the results.
+    assert any(":13: error:" in e and "list[int | BaseException]" in e for e in errors)

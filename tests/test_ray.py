@@ -9,6 +9,7 @@ machine). Children get an environment built from scratch for Ray: after a privat
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -34,7 +35,17 @@ import stepdown  # noqa: E402
 from stepdown.backends.ray import session as ray_session  # noqa: E402
 from stepdown.errors import Reason, RemoteTraceback  # noqa: E402
 
-from tests.support.tasks import TaskBug, fails_on_7, poison_13, slow_square, square  # noqa: E402
+from tests.support.tasks import (  # noqa: E402
+    TaskBug,
+    counting_dir,
+    counts,
+    fails_on_7,
+    hangs_on_3,
+    poison_13,
+    slow_square,
+    square,
+)
+from tests.support.tasks import pid as worker_pid  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -162,6 +173,36 @@ def test_warm_instance_is_reused() -> None:
     began = time.perf_counter()
     run = stepdown.run(square, range(10), ladder=RAY)
     assert time.perf_counter() - began < 1.0, str(run.report)
+    rung_ran(run)
+
+
+@pytest.mark.timeout(90)
+def test_a_task_over_task_timeout_is_stopped_and_the_rest_delivered(tmp_path: Path) -> None:
+    """The Ray worker running the hung task is killed (not retried), the rung is renewed on the
+    same Ray, and the other tasks of its batch run again."""
+    calls = counting_dir(tmp_path)
+    began = time.monotonic()
+    run = stepdown.run(
+        hangs_on_3,
+        [(calls, i) for i in range(8)],
+        ladder=RAY,
+        task_timeout=2.0,
+        errors="return",
+        batch_size=4,
+    )
+    assert time.monotonic() - began < 45, str(run.report)
+    assert isinstance(run.results[3], stepdown.TaskTimeout)
+    assert [r for i, r in enumerate(run.results) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
+    assert run.report.timeouts == 1 and not run.report.stepped_down, str(run.report)
+    assert counts(calls)[3] == 1  # killed, not retried by Ray
+    rung_ran(run)
+
+
+@pytest.mark.timeout(90)
+def test_max_tasks_per_child_gives_each_batch_a_fresh_worker() -> None:
+    run = stepdown.run(worker_pid, range(6), ladder=RAY, max_tasks_per_child=2, batch_size=2)
+    per_pid = collections.Counter(run.results)
+    assert max(per_pid.values()) <= 2, per_pid
     rung_ran(run)
 
 

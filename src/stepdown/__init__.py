@@ -41,14 +41,16 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from .api import Run, imap, map, run
+    from .api import Run, finished, imap, map, run
     from .errors import (
         BackendUnavailable,
+        InitializerFailed,
         PolicyError,
         Reason,
         ResourceFailure,
         StepdownError,
         TaskCrashed,
+        TaskTimeout,
         UsageError,
     )
     from .executor import Executor
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BackendUnavailable",
     "Executor",
+    "InitializerFailed",
     "Plan",
     "PolicyError",
     "Reason",
@@ -67,7 +70,9 @@ __all__ = [
     "Run",
     "StepdownError",
     "TaskCrashed",
+    "TaskTimeout",
     "UsageError",
+    "finished",
     "imap",
     "map",
     "plan",
@@ -78,6 +83,7 @@ __version__ = "0.1.0"
 
 _WHERE = {
     "Run": "api",
+    "finished": "api",
     "imap": "api",
     "map": "api",
     "run": "api",
@@ -91,6 +97,8 @@ _WHERE = {
     "ResourceFailure": "errors",
     "StepdownError": "errors",
     "TaskCrashed": "errors",
+    "TaskTimeout": "errors",
+    "InitializerFailed": "errors",
     "UsageError": "errors",
 }
 

@@ -3,10 +3,11 @@ the runner's own ``(index, value, ok)`` outcomes (``stepdown run``, the demo).""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from .errors import UsageError
 from .options import Errors, Options
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
     from .options import RunOptions
 
-__all__ = ["Results", "Run", "imap", "map", "run", "start"]
+__all__ = ["Results", "Run", "finished", "imap", "map", "run", "start", "tasks"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -49,24 +50,121 @@ def start(
     return Engine(fn, items, setup, options)
 
 
+class _Star:
+    """``fn(*args)`` for a tuple of arguments: several iterables, zipped, as one item each."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, args: tuple[Any, ...]) -> Any:
+        return self.fn(*args)
+
+
+class _Zipped:
+    """``zip(*iterables)``, with a length when every iterable has one (the plan uses it)."""
+
+    def __init__(self, iterables: tuple[Iterable[Any], ...]) -> None:
+        self.iterables = iterables
+        if all(isinstance(i, Sized) for i in iterables):
+            self.length: int | None = min(len(i) for i in iterables)  # type: ignore[arg-type]
+        else:
+            self.length = None
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return zip(*self.iterables, strict=False)
+
+
+class _SizedZipped(_Zipped):
+    def __len__(self) -> int:
+        return self.length or 0
+
+
+def tasks(
+    fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...]
+) -> tuple[Callable[[Any], Any], Iterable[Any]]:
+    """One function of one item over one iterable, whether given one or several (zipped)."""
+    if len(iterables) == 1:
+        return fn, iterables[0]
+    if not callable(fn):
+        raise UsageError(f"fn must be callable, not {type(fn).__name__}")
+    zipped = _Zipped(iterables)
+    return _Star(fn), (_SizedZipped(iterables) if zipped.length is not None else zipped)
+
+
+def finished(exc: BaseException) -> dict[int, Any]:
+    """The results that had finished when the task exception ``exc`` was raised by ``run``,
+    ``map`` or ``imap`` (``errors="raise"``), by input index; empty for any other exception.
+
+    >>> try:
+    ...     stepdown.map(lambda x: 1 // x, [1, 2, 0, 4], ladder=["sequential"])
+    ... except ZeroDivisionError as exc:
+    ...     stepdown.finished(exc)
+    {0: 1, 1: 0}
+    """
+    kept: dict[int, Any] = getattr(exc, "_stepdown_finished", {})
+    return dict(kept)
+
+
+def _keep(engine: Engine, exc: BaseException, delivered: dict[int, Any]) -> None:
+    """Attach to the task exception being raised the results that had finished."""
+    if engine.delivery.raised is not exc:
+        return
+    kept = dict(delivered)
+    kept.update((i, value) for i, (value, ok) in engine.waiting.items() if ok)
+    # An exception that takes no attributes: finished() is empty.
+    with contextlib.suppress(Exception):
+        exc._stepdown_finished = kept  # type: ignore[attr-defined]
+
+
+@overload
 def run(
-    fn: Callable[[T], R],
-    items: Iterable[T],
-    *,
+    fn: Callable[..., R],
+    iterable: Iterable[Any],
+    /,
+    *iterables: Iterable[Any],
+    errors: Literal["raise"] = "raise",
+    progress: bool | None = False,
+    **options: Unpack[RunOptions],
+) -> Run[R]: ...
+
+
+@overload
+def run(
+    fn: Callable[..., R],
+    iterable: Iterable[Any],
+    /,
+    *iterables: Iterable[Any],
+    errors: Literal["return"],
+    progress: bool | None = False,
+    **options: Unpack[RunOptions],
+) -> Run[R | BaseException]: ...
+
+
+def run(
+    fn: Callable[..., Any],
+    iterable: Iterable[Any],
+    /,
+    *iterables: Iterable[Any],
     errors: Errors = "raise",
     progress: bool | None = False,
     **options: Unpack[RunOptions],
-) -> Run[R]:
+) -> Run[Any]:
     """Run ``fn`` on every item, stepping down the ladder when the machine says no.
 
-    Results come back in input order. With ``errors="raise"`` the first task exception is
-    raised unchanged (its worker traceback as ``__cause__``) and the rest is cancelled; with
-    ``errors="return"`` it takes that task's place in ``results``. ``progress`` shows a bar on
-    stderr (``None``: only on a terminal). The other options (``ladder``, ``profile``,
-    ``policy``, ``max_workers``, ``task_memory``, ``stall_timeout``, ``memory_error``,
-    ``batch_size``, ``reuse``) are :class:`~stepdown.options.Options`'.
+    Several iterables work as for the builtin ``map``: ``fn`` takes one argument from each, and
+    the run stops with the shortest. Results come back in input order. With ``errors="raise"``
+    the first task exception is raised unchanged (its worker traceback as ``__cause__``, a note
+    naming the task) and the rest is cancelled; :func:`finished` gives the results that had
+    finished. With ``errors="return"`` it takes that task's place in ``results``. ``progress``
+    shows a bar on stderr (``None``: only on a terminal). The other options (``ladder``,
+    ``profile``, ``policy``, ``max_workers``, ``task_memory``, ``task_timeout``,
+    ``initializer``, ``initargs``, ``max_tasks_per_child``, ``stall_timeout``,
+    ``memory_error``, ``batch_size``, ``reuse``) are :class:`~stepdown.options.Options`'.
     """
-    engine = start(fn, items, Options(errors=errors, progress=progress, **options))
+    one, items = tasks(fn, (iterable, *iterables))
+    engine = start(one, items, Options(errors=errors, progress=progress, **options))
     results: list[Any] = []
     bar = progress_bar(engine.report.tasks or None, progress)
     try:
@@ -74,6 +172,9 @@ def run(
             results.append(value)
             if bar is not None:
                 bar.update(1)
+    except BaseException as exc:
+        _keep(engine, exc, dict(enumerate(results)))
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -81,32 +182,83 @@ def run(
     return Run(results, engine.report)
 
 
+@overload
 def map(
-    fn: Callable[[T], R],
-    items: Iterable[T],
-    *,
+    fn: Callable[..., R],
+    iterable: Iterable[Any],
+    /,
+    *iterables: Iterable[Any],
+    errors: Literal["raise"] = "raise",
+    progress: bool | None = False,
+    **options: Unpack[RunOptions],
+) -> list[R]: ...
+
+
+@overload
+def map(
+    fn: Callable[..., R],
+    iterable: Iterable[Any],
+    /,
+    *iterables: Iterable[Any],
+    errors: Literal["return"],
+    progress: bool | None = False,
+    **options: Unpack[RunOptions],
+) -> list[R | BaseException]: ...
+
+
+def map(
+    fn: Callable[..., Any],
+    iterable: Iterable[Any],
+    /,
+    *iterables: Iterable[Any],
     errors: Errors = "raise",
     progress: bool | None = False,
     **options: Unpack[RunOptions],
-) -> list[R]:
-    """``run(fn, items, ...).results``."""
-    return run(fn, items, errors=errors, progress=progress, **options).results
+) -> list[Any]:
+    """``run(fn, *iterables, ...).results``."""
+    return run(fn, iterable, *iterables, errors=errors, progress=progress, **options).results
+
+
+@overload
+def imap(
+    fn: Callable[..., R],
+    iterable: Iterable[Any],
+    /,
+    *iterables: Iterable[Any],
+    ordered: bool = True,
+    errors: Literal["raise"] = "raise",
+    **options: Unpack[RunOptions],
+) -> Results[R]: ...
+
+
+@overload
+def imap(
+    fn: Callable[..., R],
+    iterable: Iterable[Any],
+    /,
+    *iterables: Iterable[Any],
+    ordered: bool = True,
+    errors: Literal["return"],
+    **options: Unpack[RunOptions],
+) -> Results[R | BaseException]: ...
 
 
 def imap(
-    fn: Callable[[T], R],
-    items: Iterable[T],
-    *,
+    fn: Callable[..., Any],
+    iterable: Iterable[Any],
+    /,
+    *iterables: Iterable[Any],
     ordered: bool = True,
     errors: Errors = "raise",
     **options: Unpack[RunOptions],
-) -> Results[R]:
+) -> Results[Any]:
     """Results as they come: in input order, or as completed with ``ordered=False``.
 
     Items are read lazily: a generator of a million items is never held in memory at once.
     The iterator's ``report`` tells what the run has done so far; ``close()`` stops it early.
     """
-    return Results(start(fn, items, Options(errors=errors, ordered=ordered, **options)))
+    one, items = tasks(fn, (iterable, *iterables))
+    return Results(start(one, items, Options(errors=errors, ordered=ordered, **options)))
 
 
 class Results(Iterator[R]):
@@ -118,13 +270,17 @@ class Results(Iterator[R]):
 
     @property
     def report(self) -> Report:
-        return self._engine.report
+        return self._engine.live_report()
 
     def __iter__(self) -> Results[R]:
         return self
 
     def __next__(self) -> R:
-        _index, value, _ok = next(self._outcomes)
+        try:
+            _index, value, _ok = next(self._outcomes)
+        except BaseException as exc:
+            _keep(self._engine, exc, {})
+            raise
         result: R = value
         return result
 

@@ -7,7 +7,9 @@
         ├── ResourceFailure            (also a concurrent.futures.BrokenExecutor)
         │   │   the executor could not run tasks; the run steps down to the next rung
         │   └── BackendUnavailable     the rung could not be used at all (missing extra, ...)
+        ├── InitializerFailed          (also a BrokenExecutor) the worker initializer raised
         ├── TaskCrashed                a task killed its worker process twice
+        ├── TaskTimeout                (also a TimeoutError) a task ran over task_timeout
         └── UsageError                 (also a ValueError) bad arguments
             └── PolicyError            a bad policy: names the file and the key
 
@@ -26,12 +28,14 @@ from concurrent.futures import BrokenExecutor
 
 __all__ = [
     "BackendUnavailable",
+    "InitializerFailed",
     "PolicyError",
     "Reason",
     "RemoteTraceback",
     "ResourceFailure",
     "StepdownError",
     "TaskCrashed",
+    "TaskTimeout",
     "UsageError",
     "describe_exitcode",
 ]
@@ -93,6 +97,31 @@ class TaskCrashed(StepdownError):
 
     def __reduce__(self) -> tuple[type[TaskCrashed], tuple[int, int | None]]:
         return (type(self), (self.index, self.exitcode))
+
+
+class TaskTimeout(StepdownError, TimeoutError):
+    """A task ran longer than ``task_timeout``: the task's outcome, not a reason to step down.
+
+    On a process rung its worker was killed and replaced; on an in-process rung (thread,
+    sequential) the task could not be stopped and was abandoned, still running. ``index`` is
+    the task's position in the input, ``seconds`` the timeout it ran over.
+    """
+
+    def __init__(self, index: int, seconds: float) -> None:
+        self.index = index
+        self.seconds = seconds
+        super().__init__(f"task {index} ran longer than task_timeout={seconds:g} s")
+
+    def __reduce__(self) -> tuple[type[TaskTimeout], tuple[int, float]]:
+        return (type(self), (self.index, self.seconds))
+
+
+class InitializerFailed(StepdownError, BrokenExecutor):
+    """The ``initializer`` raised in a worker: no task can run, on any rung, so the run ends.
+
+    The initializer's own exception is ``__cause__`` (with the worker's traceback as its own
+    ``__cause__``).
+    """
 
 
 class UsageError(StepdownError, ValueError):

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
+import math
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _Executor
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backends.failures import translate
+from .errors import UsageError
 from .options import LadderSpec, Options
 from .planning.setup import Setup, prepare
+from .runner.batch import Call, apply_call, apply_chunk, dumps, loads_call
 from .runner.engine import Engine
 from .runner.flights import Inbox
 from .runner.report import Report
@@ -26,7 +32,10 @@ T = TypeVar("T")
 
 
 class _Call:
-    """One submitted call; pickled with cloudpickle so lambdas and closures reach workers."""
+    """One submitted call, with its future. It travels as :class:`~.runner.batch.Call`: its
+    function pickled with cloudpickle, so lambdas and closures reach workers, its arguments by
+    the pool; rebuilt by a function of the light worker-side module, so a worker never imports
+    the executor."""
 
     __slots__ = ("args", "fn", "future", "kwargs")
 
@@ -36,53 +45,89 @@ class _Call:
         self.args = args
         self.kwargs = kwargs
 
-    def __reduce__(self) -> tuple[Callable[[bytes], _Call], tuple[bytes]]:
-        import cloudpickle
-
-        return (_loads_call, (cloudpickle.dumps((self.fn, self.args, self.kwargs)),))
-
-
-def _loads_call(data: bytes) -> _Call:
-    import pickle
-
-    fn, args, kwargs = pickle.loads(data)
-    return _Call(Future(), fn, args, kwargs)
+    def __reduce__(
+        self,
+    ) -> tuple[Callable[[bytes, Any, Any], Call], tuple[bytes, Any, Any]]:
+        return (loads_call, (_dumps(self.fn), self.args, self.kwargs))
 
 
-def _apply(call: _Call) -> Any:
-    return call.fn(*call.args, **call.kwargs)
+# The last function pickled: calls to one function (every chunk of a map) pickle it once.
+_last: tuple[Callable[..., Any], bytes] | None = None
+
+
+def _dumps(fn: Callable[..., Any]) -> bytes:
+    global _last
+    last = _last
+    if last is not None and last[0] is fn:
+        return last[1]
+    data = dumps(fn)
+    _last = (fn, data)
+    return data
+
+
+def _start_method(mp_context: Any) -> str | None:
+    if mp_context is None or isinstance(mp_context, str):
+        return mp_context
+    method = getattr(mp_context, "get_start_method", None)
+    if method is None:
+        raise UsageError(
+            f"mp_context must be a multiprocessing context or a start method, not {mp_context!r}"
+        )
+    name: str = method()
+    return name
 
 
 class Executor(_Executor):
-    """A ``concurrent.futures.Executor`` that steps down instead of breaking.
+    """A ``concurrent.futures.Executor`` that steps down instead of breaking: a drop-in for
+    ``ProcessPoolExecutor`` (same arguments), with stepdown's options by keyword.
 
     ``submit`` returns a future that gets the call's result or its own exception; a resource
     failure of the current rung moves unfinished calls to the next rung, it never fails a
     future. Calls in flight on a failed process rung may run twice (see the semantics docs).
+    ``max_workers`` caps every rung of the policy's ladder; ``mp_context`` (a context or a start
+    method name) is the start method of process rungs; ``initializer(*initargs)`` runs in each
+    worker before its first call, and if it raises, every pending future and later ``submit``
+    fail with :class:`~stepdown.errors.InitializerFailed` (a ``BrokenExecutor``, as the
+    stdlib's ``BrokenProcessPool``); ``max_tasks_per_child`` renews workers after that many
+    calls.
 
-    >>> with Executor(ladder=["thread:2"]) as ex:
+    >>> with Executor(2, ladder=["thread:2"]) as ex:
     ...     ex.submit(pow, 2, 10).result()
     1024
     """
 
     def __init__(
         self,
-        ladder: LadderSpec | None = None,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
         *,
+        ladder: LadderSpec | None = None,
         setup: Setup | None = None,
         **options: Unpack[ExecutorOptions],
     ) -> None:
-        """``ladder`` and the keyword options are :class:`~stepdown.options.Options`'. A
-        ``setup`` (from :func:`stepdown.planning.setup.prepare`) is used as it is instead of
-        planning again; the joblib backend passes the one it made."""
+        """The keyword options are :class:`~stepdown.options.Options`'. A ``setup`` (from
+        :func:`stepdown.planning.setup.prepare`) is used as it is instead of planning again;
+        the joblib backend passes the one it made."""
+        given: dict[str, Any] = dict(options)
+        for name, value in (
+            ("max_workers", max_workers),
+            ("initializer", initializer),
+            ("start_method", _start_method(mp_context)),
+        ):
+            if value is not None:
+                given[name] = value
+        if initargs != ():
+            given["initargs"] = initargs
         # Each call is its own batch; its exception is set on its future, never raised here.
-        chosen = Options(ladder=ladder, errors="return", ordered=False, batch_size=1, **options)
+        chosen = Options(ladder=ladder, errors="return", ordered=False, batch_size=1, **given)
         self._inbox = Inbox()
         # Calls taken by the runner and not yet delivered, by the runner's index.
         self._taken: dict[int, _Call] = {}
         self._count = 0
         self._engine = Engine(
-            _apply,
+            apply_call,
             self._inbox,
             setup or prepare(chosen, None),
             chosen,
@@ -95,8 +140,8 @@ class Executor(_Executor):
 
     @property
     def report(self) -> Report:
-        """What the executor has done so far."""
-        return self._engine.report
+        """What the executor has done so far, up to this moment."""
+        return self._engine.live_report()
 
     def _accept(self, call: _Call) -> bool:
         if call.future.set_running_or_notify_cancel():
@@ -107,6 +152,8 @@ class Executor(_Executor):
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         with self._lock:
+            if self._crash is not None:
+                raise self._crash
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             future: Future[T] = Future()
@@ -122,6 +169,34 @@ class Executor(_Executor):
             self._inbox.put(_Call(future, fn, args, kwargs))
         return future
 
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[T]:
+        """``fn`` over the iterables zipped, results in order, as ``ProcessPoolExecutor.map``:
+        calls are submitted at once, ``timeout`` counts from this call, and each call runs a
+        chunk of ``chunksize`` items (``None``: a quarter of the items per worker, as
+        ``multiprocessing.Pool.map`` picks)."""
+        if chunksize is not None and (
+            isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
+        ):
+            raise UsageError(f"chunksize must be a whole number of at least 1, not {chunksize!r}")
+        arguments = list(zip(*iterables, strict=False))
+        if chunksize is None:
+            workers = max((r.workers or 1 for r in self._engine.rungs), default=1)
+            chunksize = max(1, math.ceil(len(arguments) / (4 * workers)))
+        end = None if timeout is None else time.monotonic() + timeout
+        # One function for every chunk, so that it is pickled once.
+        chunk = functools.partial(apply_chunk, fn)
+        futures = [
+            self.submit(chunk, arguments[i : i + chunksize])
+            for i in range(0, len(arguments), chunksize)
+        ]
+        return itertools.chain.from_iterable(_in_turn(futures, end))
+
     def _dispatch(self) -> None:
         try:
             for index, value, ok in self._engine:
@@ -131,8 +206,10 @@ class Executor(_Executor):
                 else:
                     future.set_exception(value)
         except BaseException as exc:
-            self._crash = exc
-            for call in list(self._taken.values()):
+            with self._lock:
+                self._crash = exc
+            waiting, _ = self._inbox.take(1 << 30, lambda call: True)
+            for call in [*self._taken.values(), *waiting]:
                 if not call.future.done():
                     call.future.set_exception(exc)
 
@@ -140,13 +217,20 @@ class Executor(_Executor):
         with self._lock:
             self._shutdown = True
             if cancel_futures:
-                while True:
-                    taken, _ = self._inbox.take(1 << 30, lambda call: True)
-                    if not taken:
-                        break
-                    for call in taken:
-                        call.future.cancel()
+                taken, _ = self._inbox.take(1 << 30, lambda call: True)
+                for call in taken:
+                    call.future.cancel()
             self._inbox.close()
             thread = self._thread
         if wait and thread is not None:
             thread.join()
+
+
+def _in_turn(futures: list[Future[list[T]]], end: float | None) -> Iterator[list[T]]:
+    """Each future's result in turn, by ``end`` (monotonic); the rest cancelled on the way out."""
+    try:
+        for future in futures:
+            yield future.result(None if end is None else max(0.0, end - time.monotonic()))
+    finally:
+        for future in futures:
+            future.cancel()

@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypedDict
 
 from .errors import UsageError
 from .planning.policy import PolicySpec, parse_policy_ladder
-from .planning.rung import Rung
+from .planning.rung import START_METHODS, Rung
 from .units import parse_size
 
 __all__ = [
@@ -33,21 +33,28 @@ LadderSpec = Sequence[str | Rung | Mapping[str, Any]] | str
 
 
 class ExecutorOptions(TypedDict, total=False):
-    """The options :class:`stepdown.Executor` takes by keyword (see :class:`Options`)."""
+    """The options :class:`stepdown.Executor` takes by keyword only (see :class:`Options`);
+    it takes ``ProcessPoolExecutor``'s own (``max_workers``, ...) as that does."""
 
     profile: str | None
     policy: PolicySpec
-    max_workers: int | None
     task_memory: int | str | None
+    task_timeout: float | None
+    max_tasks_per_child: int | None
+    start_method: str | None
     stall_timeout: float
     memory_error: MemoryErrors
     reuse: bool
 
 
 class BackendOptions(ExecutorOptions, total=False):
-    """The options of the joblib backend ``"stepdown"``: the executor's, and a ladder."""
+    """The options of the joblib backend ``"stepdown"``: the executor's, a ladder, a worker
+    cap and an initializer."""
 
     ladder: LadderSpec | None
+    max_workers: int | None
+    initializer: Callable[..., object] | None
+    initargs: Sequence[Any]
 
 
 class RunOptions(BackendOptions, total=False):
@@ -64,8 +71,16 @@ class Options:
     ``ladder`` (e.g. ``["loky:3", "thread:2"]``) replaces the policy's rules; otherwise
     ``profile`` and ``policy`` choose one (see the policy docs). ``max_workers`` caps every
     rung's workers, keeping the policy. ``task_memory`` (e.g. ``"300MiB"``) declares what one
-    task holds; the plan sizes rungs with it. ``errors``: ``"raise"`` the first task exception,
-    or ``"return"`` it in the task's place. ``ordered``: results in input order, or as they
+    task holds; the plan sizes rungs with it. ``task_timeout`` (seconds) bounds each task: one
+    that runs longer gets :class:`~stepdown.errors.TaskTimeout` as its outcome (its worker
+    process is killed and replaced; on thread and sequential rungs it is abandoned, still
+    running). ``initializer`` is called with ``initargs`` in each worker before its first task
+    (once per thread on the thread rung, once in the caller on sequential); if it raises, the
+    run raises :class:`~stepdown.errors.InitializerFailed`. ``max_tasks_per_child``: no worker
+    process runs more tasks than this; its pool is then renewed (ignored in-process).
+    ``start_method`` (``"fork"``, ``"forkserver"``, ``"spawn"``) is every process rung's,
+    whatever the policy says. ``errors``: ``"raise"`` the first task exception, or ``"return"``
+    it in the task's place. ``ordered``: results in input order, or as they
     complete. ``progress``: a bar on stderr (``None``: only on a terminal). ``stall_timeout``
     bounds how long dead executor machinery may hold tasks before it counts as a failure.
     ``memory_error``: whether a ``MemoryError`` raised inside a task steps down (a rung with
@@ -78,6 +93,11 @@ class Options:
     policy: PolicySpec = None
     max_workers: int | None = None
     task_memory: int | str | None = None
+    task_timeout: float | None = None
+    initializer: Callable[..., object] | None = None
+    initargs: Sequence[Any] = ()
+    max_tasks_per_child: int | None = None
+    start_method: str | None = None
     errors: Errors = "raise"
     ordered: bool = True
     progress: bool | None = False
@@ -96,15 +116,20 @@ class Options:
             raise UsageError(
                 f"memory_error must be 'step-down' or 'raise', not {self.memory_error!r}"
             )
-        timeout = self.stall_timeout
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not 0 < timeout < math.inf
-        ):
-            raise UsageError(f"stall_timeout must be a positive number of seconds, not {timeout!r}")
+        _seconds("stall_timeout", self.stall_timeout)
+        if self.task_timeout is not None:
+            _seconds("task_timeout", self.task_timeout)
+        if self.initializer is not None and not callable(self.initializer):
+            raise UsageError(f"initializer must be callable, not {self.initializer!r}")
+        if not isinstance(self.initargs, (tuple, list)):
+            raise UsageError(f"initargs must be a tuple, not {self.initargs!r}")
         _whole("batch_size", self.batch_size)
         _whole("max_workers", self.max_workers)
+        _whole("max_tasks_per_child", self.max_tasks_per_child)
+        if self.start_method is not None and self.start_method not in START_METHODS:
+            raise UsageError(
+                f"start_method must be one of {', '.join(START_METHODS)}, not {self.start_method!r}"
+            )
         for name in ("reuse", "ordered"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"{name} must be True or False, not {getattr(self, name)!r}")
@@ -117,6 +142,11 @@ class Options:
     def names(cls) -> tuple[str, ...]:
         """Every option a caller may give."""
         return tuple(f.name for f in fields(cls) if f.init)
+
+
+def _seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise UsageError(f"{name} must be a positive number of seconds, not {value!r}")
 
 
 def _whole(name: str, value: object) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -88,3 +89,17 @@ def huge_for_5(x: int) -> int:
     if x == 5:
         return len(bytearray(2**50))
     return x
+
+
+# Set at the end of a test to let hung in-process tasks return (a thread cannot be stopped); in a
+# worker process it is never set: only the kill that task_timeout does ends the wait.
+RELEASE = threading.Event()
+
+
+def hangs_on_3(item: tuple[str, int]) -> int:
+    """Record the call (with its pid), then, for index 3, hang until released or killed."""
+    directory, index = item
+    record(directory, index)
+    if index == 3:
+        RELEASE.wait(3600)
+    return index

@@ -39,6 +39,9 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     synchronous: ClassVar[bool] = False
+    # Whether a fresh backend of this rung has fresh worker processes, so that a worker which
+    # has run max_tasks_per_child tasks can decline work and be replaced by renewing the rung.
+    own_workers: ClassVar[bool] = True
 
     def __init__(self, workers: int, options: Mapping[str, Any] | None = None) -> None:
         self.workers = workers
@@ -49,6 +52,10 @@ class Backend(abc.ABC):
         self.broken: BaseException | None = None
         # How long dead machinery may hold work before it is a failure (the run's setting).
         self.stall_timeout = 3.0
+        # The run's task_timeout: an in-process backend then runs calls where the caller's
+        # thread can stop waiting for them (set before the first submit).
+        self.task_timeout: float | None = None
+        self.max_tasks_per_child: int | None = None
 
     @property
     def in_process(self) -> bool:

@@ -18,6 +18,7 @@ its workers run) comes from the backend registry.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from ..errors import UsageError
 from ..units import format_size
@@ -41,12 +42,14 @@ def make_plan(
     task_memory: int | None = None,
     ladder: Sequence[Rung] | None = None,
     max_workers: int | None = None,
+    start_method: str | None = None,
 ) -> Plan:
     """Plan ``tasks`` tasks (``None``: unknown) with ``profile`` on ``resources``.
 
     ``ladder`` replaces the profile's rules (its memory settings still apply). ``task_memory``
-    is what one task holds, in bytes, if declared. ``max_workers`` caps every rung. Pure:
-    reads nothing but its arguments.
+    is what one task holds, in bytes, if declared. ``max_workers`` caps every rung;
+    ``start_method`` is every rung's that takes one (the caller's choice wins). Pure: reads
+    nothing but its arguments.
     """
     if tasks is not None and (isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 0):
         raise UsageError(f"tasks must be a whole number >= 0 or None, not {tasks!r}")
@@ -65,6 +68,13 @@ def make_plan(
         rule = RuleChoice(None, "given", "the ladder was an argument")
     else:
         rungs, rule = _first_rule(profile, resources, tasks)
+    if start_method is not None:
+        rungs = tuple(
+            replace(r, options={**r.options, "start_method": start_method})
+            if "start_method" in r.info.options
+            else r
+            for r in rungs
+        )
     planned: list[PlannedRung] = []
     for rung in rungs:
         workers, reason = _resolve(rung, profile, resources, tasks, task_memory, max_workers)

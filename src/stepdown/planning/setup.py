@@ -52,6 +52,7 @@ class Survey:
         ladder: Sequence[Rung] | None = None,
         task_memory: int | None = None,
         max_workers: int | None = None,
+        start_method: str | None = None,
     ) -> Plan:
         """The plan for ``tasks`` tasks on this survey (see :func:`make_plan`)."""
         return make_plan(
@@ -63,6 +64,7 @@ class Survey:
             task_memory=task_memory,
             ladder=ladder,
             max_workers=max_workers,
+            start_method=start_method,
         )
 
 
@@ -114,6 +116,7 @@ def prepare(
         ladder=options.rungs,
         task_memory=options.task_bytes,
         max_workers=options.max_workers,
+        start_method=options.start_method,
     )
     return Setup(chosen, found.budget)
 

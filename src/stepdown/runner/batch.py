@@ -13,12 +13,52 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
+import threading
 import time
 import traceback
+import types
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["BatchResult", "TaskException", "dumps_function", "run_batch"]
+__all__ = [
+    "WATCH_RECORD",
+    "BatchResult",
+    "Call",
+    "Duties",
+    "TaskException",
+    "Watch",
+    "apply_call",
+    "apply_chunk",
+    "dumps_function",
+    "loads_call",
+    "run_batch",
+]
+
+
+class Call(NamedTuple):
+    """One ``Executor.submit`` call as a worker gets it (see :func:`loads_call`)."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def loads_call(fn: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+    """A submitted call, from its function's cloudpickle bytes (unpickled once per worker) and
+    its arguments (pickled by the pool, as ``ProcessPoolExecutor`` pickles them)."""
+    return Call(_loads(fn), args, kwargs)
+
+
+def apply_call(call: Call) -> Any:
+    """The executor's task function: run one submitted call."""
+    return call.fn(*call.args, **call.kwargs)
+
+
+def apply_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+    """One call of ``Executor.map``: ``fn`` over a chunk of argument tuples."""
+    return [fn(*args) for args in chunk]
 
 
 class TaskException(NamedTuple):
@@ -29,39 +69,106 @@ class TaskException(NamedTuple):
 
 
 class BatchResult(NamedTuple):
-    """What one batch produced: values in item order (``None`` where a task raised)."""
+    """What one batch produced: values in item order (``None`` where a task raised).
+
+    ``declined``: nothing ran, because this worker process has run its ``max_tasks_per_child``
+    (the runner replaces the pool and sends the batch again). ``init_error``: nothing ran,
+    because the run's initializer raised here.
+    """
 
     values: list[Any]
     errors: dict[int, BaseException | TaskException] | None
     elapsed: float
     pid: int
+    declined: bool = False
+    init_error: BaseException | TaskException | None = None
+
+
+# Where a worker says which task it is running, for the runner to enforce ``task_timeout``:
+# in another process, a file ``<dir>/<pid>`` holding (batch tag, position, start) as
+# ``WATCH_RECORD``, rewritten in place at each task (-1: between batches); in the caller's process,
+# a callable ``note(tag, position)`` that answers False once the batch has been abandoned.
+WATCH_RECORD = struct.Struct("<qqd")
+Watch = str | Callable[[int, int], bool]
+
+
+class Duties(NamedTuple):
+    """What a worker does around a run's tasks, besides calling the function.
+
+    ``run`` is the run's token: the run's ``(initializer, initargs)`` (shipped with the function
+    to another process, see :func:`dumps_function`; here for an in-process batch) runs once per
+    worker and run, before the first task (per thread on the thread rung). ``max_tasks``: the
+    most tasks one worker process may run.
+    """
+
+    run: str
+    initializer: Initializer | None = None
+    max_tasks: int | None = None
+    watch: Watch | None = None
+
+
+# Per worker process: tasks run so far (for max_tasks; with its pid, as a forked worker
+# inherits its parent's), and the watch files opened.
+_tasks_run = (0, 0)
+_watch_files: dict[tuple[str, int], int | None] = {}
+# Per thread: the runs whose initializer has run here (the newest few).
+_local = threading.local()
+_RUNS_KEPT = 16
 
 
 # Functions arrive in workers as cloudpickle bytes (lambdas, closures and __main__ functions
 # included); unpickling once per worker instead of once per batch matters for tiny batches.
-_FUNCTIONS: dict[bytes, Callable[[Any], Any]] = {}
+Initializer = tuple[Callable[..., object], tuple[Any, ...]]
+_FUNCTIONS: dict[bytes, Any] = {}
 _FUNCTIONS_MAX = 8
 
 
-def dumps_function(fn: Callable[[Any], Any]) -> bytes:
-    """Serialise ``fn`` for workers with cloudpickle (by reference when importable)."""
+def dumps_function(fn: Callable[[Any], Any], initializer: Initializer | None = None) -> bytes:
+    """Serialise ``fn`` and the run's ``(initializer, initargs)`` for workers with cloudpickle
+    (by reference when importable). One pickle, so that functions pickled by value (from
+    ``__main__``) share their module's globals in the worker, as the initializer expects."""
+    return dumps((fn, initializer))
+
+
+def dumps(obj: Any) -> bytes:
+    """cloudpickle's bytes for ``obj``, except that code pickled by value keeps its file name,
+    so a worker's traceback points at the task's real lines."""
+    import io
+
     import cloudpickle
 
-    data: bytes = cloudpickle.dumps(fn)
-    return data
+    class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        def reducer_override(self, obj: Any) -> Any:
+            reduce_code = getattr(cloudpickle.cloudpickle, "_code_reduce", None)
+            if isinstance(obj, types.CodeType) and reduce_code is not None:
+                # cloudpickle writes "<dynamic-code>" for the file: keep the real one.
+                rebuild, args = reduce_code(obj)
+                args = tuple(obj.co_filename if a == "<dynamic-code>" else a for a in args)
+                return rebuild, args
+            return super().reducer_override(obj)
+
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=pickle.DEFAULT_PROTOCOL).dump(obj)
+    return buffer.getvalue()
 
 
-def _function(fn: Callable[[Any], Any] | bytes) -> Callable[[Any], Any]:
-    if not isinstance(fn, bytes):
-        return fn
-    found = _FUNCTIONS.get(fn)
+def _loads(data: bytes) -> Any:
+    """``data`` unpickled, once per worker for the last few (functions come with every call)."""
+    found = _FUNCTIONS.get(data)
     if found is None:
-        import cloudpickle
-
-        found = cloudpickle.loads(fn)
+        found = pickle.loads(data)
         if len(_FUNCTIONS) >= _FUNCTIONS_MAX:
             _FUNCTIONS.pop(next(iter(_FUNCTIONS)))
-        _FUNCTIONS[fn] = found
+        _FUNCTIONS[data] = found
+    return found
+
+
+def _function(
+    fn: Callable[[Any], Any] | bytes, duties: Duties | None
+) -> tuple[Callable[[Any], Any], Initializer | None]:
+    if not isinstance(fn, bytes):
+        return fn, None if duties is None else duties.initializer
+    found: tuple[Callable[[Any], Any], Initializer | None] = _loads(fn)
     return found
 
 
@@ -78,22 +185,83 @@ def _portable(exc: BaseException) -> TaskException:
     return TaskException(exc, tb)
 
 
+def _initialize(run: str, initializer: Initializer) -> None:
+    runs: OrderedDict[str, None] | None = getattr(_local, "runs", None)
+    if runs is None or _local.pid != os.getpid():  # a forked child starts with none
+        runs = _local.runs = OrderedDict()
+        _local.pid = os.getpid()
+    if run in runs:
+        return
+    function, args = initializer
+    function(*args)
+    runs[run] = None
+    while len(runs) > _RUNS_KEPT:
+        runs.popitem(last=False)
+
+
+def _watch_file(directory: str) -> int | None:
+    key = (directory, os.getpid())
+    if key not in _watch_files:
+        try:
+            fd: int | None = os.open(
+                os.path.join(directory, str(os.getpid())), os.O_WRONLY | os.O_CREAT, 0o600
+            )
+        except OSError:  # not on this machine (a Ray node elsewhere): no timeout from here
+            fd = None
+        _watch_files[key] = fd
+    return _watch_files[key]
+
+
+def _noter(watch: Watch | None) -> Callable[[int, int], bool] | None:
+    if watch is None or callable(watch):
+        return watch
+    fd = _watch_file(watch)
+    if fd is None:
+        return None
+
+    def note(tag: int, position: int) -> bool:
+        os.pwrite(fd, WATCH_RECORD.pack(tag, position, time.monotonic()), 0)
+        return True
+
+    return note
+
+
 def run_batch(
-    fn: Callable[[Any], Any] | bytes, items: Sequence[Any], remote: bool = False
+    fn: Callable[[Any], Any] | bytes,
+    items: Sequence[Any],
+    remote: bool = False,
+    duties: Duties | None = None,
+    tag: int = 0,
 ) -> BatchResult:
     """Run ``fn`` on each item; a task's exception is kept as a value, never raised.
 
     ``remote`` batches run in another process: their exceptions travel with the formatted
     traceback, and ``SystemExit`` raised by a task is caught too (it would end the worker).
+    ``duties`` (initializer, worker recycling, the timeout watch) apply when given; ``tag``
+    names the batch to the watch.
     """
-    func = _function(fn)
-    values: list[Any] = []
-    errors: dict[int, BaseException | TaskException] | None = None
+    global _tasks_run
     catch: type[BaseException] | tuple[type[BaseException], ...] = (
         (Exception, SystemExit) if remote else Exception
     )
+    pid = os.getpid()
+    ran = _tasks_run[1] if _tasks_run[0] == pid else 0
+    limit = None if duties is None else duties.max_tasks
+    if remote and limit is not None and ran and ran + len(items) > limit:
+        return BatchResult([], None, 0.0, pid, declined=True)
+    func, initializer = _function(fn, duties)
+    if initializer is not None:
+        try:
+            _initialize(duties.run if duties is not None else "", initializer)
+        except catch as exc:
+            return BatchResult([], None, 0.0, pid, init_error=_portable(exc) if remote else exc)
+    note = None if duties is None else _noter(duties.watch)
+    values: list[Any] = []
+    errors: dict[int, BaseException | TaskException] | None = None
     start = time.perf_counter()
     for position, item in enumerate(items):
+        if note is not None and not note(tag, position):
+            break  # abandoned: the runner has sent the rest elsewhere
         try:
             values.append(func(item))
         except catch as exc:
@@ -101,4 +269,8 @@ def run_batch(
                 errors = {}
             errors[position] = _portable(exc) if remote else exc
             values.append(None)
-    return BatchResult(values, errors, time.perf_counter() - start, os.getpid())
+    if note is not None:
+        note(tag, -1)
+    if remote:
+        _tasks_run = (pid, ran + len(items))
+    return BatchResult(values, errors, time.perf_counter() - start, pid)

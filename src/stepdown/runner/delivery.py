@@ -7,12 +7,14 @@ a task may instead send the task back to run on a smaller rung (``memory_error="
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import reprlib
 import time
 from collections.abc import Generator, Iterator
 from typing import Any
 
-from ..errors import RemoteTraceback, TaskCrashed
+from ..errors import RemoteTraceback, TaskCrashed, TaskTimeout
 from ..options import Options
 from .batch import BatchResult, TaskException
 from .flights import Batch, Feed, Sizer
@@ -34,13 +36,24 @@ class Delivery:
         self.sizer = sizer
         self.report = report
         self.delivered = 0
+        # The task exception raised to the caller (errors="raise"), once one was.
+        self.raised: BaseException | None = None
 
     def deliver(
         self, batch: Batch, record: RungRecord, result: BatchResult, can_step_down: bool
-    ) -> Generator[Outcome, None, MemoryError | None]:
-        """Hand a finished batch's outcomes out; return a MemoryError that should step down."""
+    ) -> Generator[list[Outcome], None, MemoryError | None]:
+        """Hand a finished batch's outcomes out, as one list (a task exception raised with
+        ``errors="raise"`` after the outcomes before it); return a MemoryError that should step
+        down."""
         self.sizer.observe(len(batch.items), result.elapsed)
-        errors = result.errors or {}
+        errors = result.errors
+        values = result.values
+        if not errors:  # the common case, without a test per task
+            record.finished += len(values)
+            self.delivered += len(values)
+            yield list(zip(batch.indexes, values, [True] * len(values), strict=True))
+            return None
+        out: list[Outcome] = []
         step_down: MemoryError | None = None
         for position, index in enumerate(batch.indexes):
             if position in errors:
@@ -53,22 +66,31 @@ class Delivery:
                     self.feed.requeue(Batch([index], [batch.items[position]]))
                     step_down = step_down or exc
                     continue
-                yield from self.task_failed(index, exc)
+                _name(exc, index, batch.items[position])
+                if out and self.options.errors == "raise":
+                    yield out  # what came before it first
+                    out = []
+                out.append(self.failed(index, exc))
                 record.finished += 1
                 continue
             record.finished += 1
             self.delivered += 1
-            yield index, result.values[position], True
+            out.append((index, values[position], True))
+        if out:
+            yield out
         return step_down
 
-    def task_failed(self, index: int, exc: BaseException) -> Iterator[Outcome]:
-        self.report.task_errors += 1
+    def failed(self, index: int, exc: BaseException) -> Outcome:
+        """Task ``index`` raised ``exc``: raise it (``errors="raise"``), or its outcome."""
+        if not isinstance(exc, TaskTimeout):
+            self.report.task_errors += 1
         self.delivered += 1
         if self.options.errors == "raise":
+            self.raised = exc
             raise exc
-        yield index, exc, False
+        return index, exc, False
 
-    def isolate(self, payload: bytes, start_method: str | None) -> Iterator[Outcome]:
+    def isolate(self, payload: bytes, start_method: str | None) -> Iterator[list[Outcome]]:
         """Run each suspect batch alone in fresh processes before an in-process rung."""
         from .isolation import Crashed, bisect  # multiprocessing: only when needed
 
@@ -98,7 +120,7 @@ class Delivery:
                     log.warning(
                         "task %d killed its worker process again; reported as crashed", index
                     )
-                    yield from self.task_failed(index, TaskCrashed(index, outcome.exitcode))
+                    yield [self.failed(index, TaskCrashed(index, outcome.exitcode))]
                     continue
                 piece = Batch(list(indexes), [items[i] for i in indexes])
                 yield from self.deliver(piece, record, outcome, can_step_down=False)
@@ -111,3 +133,16 @@ def _task_exception(error: BaseException | TaskException) -> BaseException:
         exc.__cause__ = RemoteTraceback(error.tb)
         return exc
     return error
+
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+
+
+def _name(exc: BaseException, index: int, item: Any) -> None:
+    """Note on a task's exception which task raised it (shown under its traceback)."""
+    add_note = getattr(exc, "add_note", None)  # Python 3.11+
+    if add_note is not None:
+        # An exception type that refuses notes reaches the caller as it is.
+        with contextlib.suppress(Exception):
+            add_note(f"stepdown: raised by task {index} (item {_short.repr(item)})")

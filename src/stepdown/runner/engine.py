@@ -24,7 +24,10 @@ process died — are run alone in fresh processes (:mod:`.isolation`), so a task
 process never kills the caller.
 
 A batch running on an in-process rung that failed cannot be stopped and is not needed again:
-it stays in flight as an orphan and its result is kept when it finishes.
+it stays in flight as an orphan and its result is kept when it finishes. A rung is *renewed* (a
+fresh executor of the same rung, no step down) when a task ran over ``task_timeout``
+(:mod:`.timeouts`: its worker is killed, or in-process the task is abandoned) or its workers
+have run ``max_tasks_per_child`` tasks (a worker then declines new batches).
 """
 
 from __future__ import annotations
@@ -39,27 +42,37 @@ from typing import Any
 
 from ..backends.base import Backend
 from ..backends.failures import translate
-from ..errors import BackendUnavailable, Reason, ResourceFailure
+from ..errors import BackendUnavailable, Reason, ResourceFailure, TaskTimeout
 from ..options import Options
 from ..planning.rung import Rung
 from ..planning.setup import Setup
 from . import pools
-from .batch import dumps_function, run_batch
+from .batch import BatchResult
 from .decide import Step, Watchdog, decide
 from .delivery import Delivery, Outcome
-from .flights import Batch, Feed, Flight, Inbox, Sizer
+from .flights import Feed, Flight, Flights, Inbox, Sizer
 from .grants import Slots
 from .report import Report, RungRecord, log_plan
+from .shipping import Shipping, initializer_failed
+from .timeouts import Timeouts
 
 __all__ = ["Engine", "Outcome"]
 
 log = logging.getLogger("stepdown")
 
 # A generator of outcomes that finally returns the failure (if any) that ends the rung.
-Stepping = Generator[Outcome, None, BaseException | None]
+Stepping = Generator[list[Outcome], None, BaseException | None]
 
-_POLL = 0.2
 _TARGET_BATCH_SECONDS = 0.05
+
+
+class _Renew(Exception):
+    """Ends a rung's run, not failed: the same rung goes on with a fresh executor. The old one
+    is shut down in order if ``graceful`` (it is idle), else abandoned."""
+
+    def __init__(self, why: str, graceful: bool = False) -> None:
+        super().__init__(why)
+        self.graceful = graceful
 
 
 class Engine:
@@ -82,59 +95,63 @@ class Engine:
         self.options = options
         self.plan = setup.plan
         self.rungs = list(setup.plan.usable_rungs())
-        self._sizer = Sizer(options.batch_size, _TARGET_BATCH_SECONDS)
+        self._sizer = Sizer(options.batch_size, _TARGET_BATCH_SECONDS, options.max_tasks_per_child)
         self._feed = Feed(items, self._sizer, accept)
         self.report = Report.planned(setup.plan, self._feed.total)
         log_plan(setup.plan)
-        self._delivery = Delivery(options, self._feed, self._sizer, self.report)
+        # Its ``raised``: the task exception raised to the caller (errors="raise"), if one was.
+        self.delivery = Delivery(options, self._feed, self._sizer, self.report)
         # Finished futures arrive here from their done-callbacks (and None when the inbox has
         # news): one queue to block on, instead of installing waiters on every flight per step.
         self._events: queue.SimpleQueue[Future[Any] | None] = queue.SimpleQueue()
         if self._feed.inbox is not None:
             self._feed.inbox.listener = self._events.put
-        self._flights: dict[Future[Any], Flight] = {}
-        self._payload: bytes | None = None
+        self._flights = Flights()
         self._slots = Slots(setup.budget, setup.budget_wait)
         self._start_method: str | None = None
-        # The rung running now (for a caller that wants to watch or, in the demo, to kill one
-        # of its workers); None before the first rung starts.
+        self._timeouts = Timeouts(options.task_timeout)
+        self._shipping = Shipping(fn, options, self._timeouts)
+        self._retiring = False  # a worker declined a batch: renew once the rung is idle
+        self._renewed: RungRecord | None = None
+        # In order: results that finished before an earlier one, by index.
+        self.waiting: dict[int, tuple[Any, bool]] = {}
+        # The rung running now (the demo kills one of its workers); None before the first.
         self.backend: Backend | None = None
+        self._started: float | None = None
+
+    def live_report(self) -> Report:
+        """The report, its task count and wall time brought up to now."""
+        if self._started is not None:
+            self.report.wall = time.perf_counter() - self._started
+        self.report.tasks = max(self.report.tasks, self._feed.next_index)
+        return self.report
 
     # ---- iteration -------------------------------------------------------------------
 
     def __iter__(self) -> Generator[Outcome, None, None]:
-        started = time.perf_counter()
+        self._started = time.perf_counter()
         try:
+            # Outcomes travel a batch at a time: per task, only this loop's cost is paid.
+            chunks = self._drive()
             if self.options.ordered:
-                yield from self._in_order(self._drive())
-            else:
-                yield from self._drive()
+                chunks = self._feed.in_order(chunks, self.waiting)
+            for chunk in chunks:
+                yield from chunk
         finally:
-            self.report.wall = time.perf_counter() - started
-            self.report.tasks = max(self.report.tasks, self._feed.next_index)
-            self._cancel_all()
-
-    def _in_order(self, outcomes: Iterator[Outcome]) -> Iterator[Outcome]:
-        waiting: dict[int, tuple[Any, bool]] = {}
-        for index, value, ok in outcomes:
-            waiting[index] = (value, ok)
-            while self._feed.expected in waiting:
-                value, ok = waiting.pop(self._feed.expected)
-                yield self._feed.expected, value, ok
-                self._feed.expected += 1
+            self.live_report()
+            self._flights.cancel_all()
+            self._timeouts.close()
 
     # ---- the ladder ------------------------------------------------------------------
 
-    def _drive(self) -> Iterator[Outcome]:
+    def _drive(self) -> Iterator[list[Outcome]]:
         position = 0
         restarts = 0
         while position < len(self.rungs) and not self._finished():
             rung = self.rungs[position]
             last = position == len(self.rungs) - 1
             if rung.in_process and self._feed.has_suspects:
-                if self._payload is None:
-                    self._payload = dumps_function(self.fn)
-                yield from self._delivery.isolate(self._payload, self._start_method)
+                yield from self.delivery.isolate(self._shipping.payload, self._start_method)
             backend = self._start(rung, position)
             if backend is None:
                 position += 1
@@ -154,6 +171,9 @@ class Engine:
                 pools.release(backend, rung, self.options.reuse)
                 yield from self._drain_orphans()
                 return
+            if isinstance(error, _Renew):
+                self._renew(backend, record, error)
+                continue
             failure = translate(error, backend.label, backend.dead_worker_exitcode())
             if decide(failure, rung, restarts) is Step.RESTART:
                 restarts += 1
@@ -171,34 +191,34 @@ class Engine:
         return self._feed.exhausted and not self._feed.requeued and not self._flights
 
     def _start(self, rung: Rung, position: int) -> Backend | None:
-        workers = rung.workers or 1
-        granted = self._slots.take(rung, workers, self.plan.worker_memory(rung))
+        renewed, self._renewed = self._renewed, None
+        workers = (renewed.workers if renewed is not None else rung.workers) or 1
+        # Checked before a pool starts for nothing: only in-process rungs can run such a function.
+        why = None if rung.in_process else self._shipping.unpicklable()
+        granted = why or self._slots.take(rung, workers, self.plan.worker_memory(rung))
         if isinstance(granted, str):
-            self.report.rungs.append(
-                RungRecord(
-                    label=rung.label(workers),
-                    backend=rung.backend,
-                    workers=0,
-                    skipped=granted,
-                    slots=f"asked for {workers}, granted 0",
-                )
-            )
+            skipped = RungRecord(rung.label(workers), rung.backend, 0, skipped=granted)
+            skipped.failure = why
+            skipped.slots = None if why else f"asked for {workers}, granted 0"
+            self.report.rungs.append(skipped)
             log.warning(
                 "%s skipped: %s; stepping down to %s",
-                rung.label(workers),
+                skipped.label,
                 granted,
                 self._next_label(position),
             )
             return None
-        workers = granted
-        label = rung.label(workers)
-        record = RungRecord(label=label, backend=rung.backend, workers=workers)
+        label = rung.label(granted)
+        record = RungRecord(label=label, backend=rung.backend, workers=granted)
         record.slots = self._slots.granted
-        self.report.rungs.append(record)
+        if renewed is not None and renewed.workers == granted:
+            record = renewed
+        else:
+            self.report.rungs.append(record)
         began = time.perf_counter()
         try:
             backend, warm = pools.acquire(
-                rung, workers, self.options.reuse, self.options.stall_timeout
+                rung, granted, self.options.reuse, self.options.stall_timeout
             )
         except KeyboardInterrupt:
             raise
@@ -217,39 +237,23 @@ class Engine:
                 self._left(),
             )
             return None
-        record.started = True
-        record.reused = warm
-        record.start_seconds = time.perf_counter() - began
-        if not backend.in_process and self._payload is None:
-            try:
-                self._payload = dumps_function(self.fn)
-            except Exception as exc:  # cloudpickle cannot ship it: only in-process rungs can
-                pools.release(backend, rung, self.options.reuse)
-                record.started = False
-                record.skipped = f"the function cannot be pickled: {type(exc).__name__}: {exc}"
-                record.failure = record.skipped
-                log.warning(
-                    "%s skipped: %s; stepping down to %s",
-                    label,
-                    record.skipped,
-                    self._next_label(position),
-                )
-                return None
+        backend.task_timeout = self.options.task_timeout
+        backend.max_tasks_per_child = self.options.max_tasks_per_child
         if not backend.in_process:
             self._start_method = rung.options.get("start_method")
-        log.debug(
-            "%s %s in %.3f s", label, "reused warm" if warm else "started", record.start_seconds
-        )
+        if not record.started:  # else renewed: the same rung, its start already reported
+            record.started = True
+            record.reused = warm
+            record.start_seconds = time.perf_counter() - began
+            log.debug("%s %s in %.3f s", label, "warm" if warm else "started", record.start_seconds)
         return backend
 
     def _next_label(self, position: int) -> str:
-        if position + 1 < len(self.rungs):
-            nxt = self.rungs[position + 1]
-            return nxt.label(nxt.workers)
-        return "nothing"
+        nxt = self.rungs[position + 1] if position + 1 < len(self.rungs) else None
+        return "nothing" if nxt is None else nxt.label(nxt.workers)
 
     def _left(self) -> str:
-        done = self._delivery.delivered
+        done = self.delivery.delivered
         if self._feed.total is not None:
             return f"{self._feed.total - done} of {self._feed.total} tasks left"
         return f"{done} tasks done so far"
@@ -259,22 +263,23 @@ class Engine:
     def _run_on(self, backend: Backend, record: RungRecord, last: bool) -> Stepping:
         limit = 1 if backend.synchronous else 2 * backend.workers
         watchdog = Watchdog(self.options.stall_timeout)
+        self._retiring = False
         while True:
             failure: BaseException | None = None
-            current = sum(1 for f in self._flights.values() if f.backend is backend)
-            while current < limit:
+            current = len(self._flights.on(backend))
+            while current < limit and not self._retiring:
                 batch = self._feed.take(backend.workers, limit, self.options.ordered)
                 if batch is None:
                     break
                 try:
-                    future = self._submit(backend, batch)
+                    future = self._shipping.submit(backend, batch.items)
                 except KeyboardInterrupt:
                     raise
                 except BaseException as exc:
                     self._feed.requeue(batch)
                     failure = exc
                     break
-                self._flights[future] = Flight(batch, backend, record)
+                self._flights[future] = Flight(batch, backend, record, self._shipping.tag)
                 future.add_done_callback(self._events.put)
                 current += 1
                 if backend.broken is not None:
@@ -287,24 +292,33 @@ class Engine:
             quiet = False
             if failure is None:
                 failure, quiet = yield from self._collect(backend, last)
+            if failure is None:
+                failure = yield from self._stop_overdue(backend)
+            if failure is None and self._retiring and not self._flights.busy(backend):
+                failure = _Renew(
+                    f"its workers ran max_tasks_per_child={self.options.max_tasks_per_child}",
+                    graceful=True,
+                )
             if failure is None and quiet:
-                outstanding = any(f.backend is backend for f in self._flights.values())
-                failure = watchdog.check(backend, outstanding)
+                failure = watchdog.check(backend, self._flights.busy(backend))
             if failure is not None:
                 return failure
 
-    def _submit(self, backend: Backend, batch: Batch) -> Future[Any]:
-        if backend.in_process:
-            return backend.submit(run_batch, self.fn, batch.items)
-        return backend.submit(run_batch, self._payload, batch.items, True)
+    def _stop_overdue(self, backend: Backend) -> Stepping:
+        """Give each task that ran over its ``TaskTimeout``; renew the rung if any did."""
+        stopped = self._timeouts.stop(self._flights.on(backend), self._feed, self.report)
+        for future, index in stopped:
+            del self._flights[future]
+            yield [self.delivery.failed(index, TaskTimeout(index, self._timeouts.seconds))]
+        return _Renew("a task ran over task_timeout") if stopped else None
 
     def _collect(
         self, backend: Backend, last: bool
-    ) -> Generator[Outcome, None, tuple[BaseException | None, bool]]:
+    ) -> Generator[list[Outcome], None, tuple[BaseException | None, bool]]:
         """Wait for finished batches and deliver them; return (failure, quiet) where quiet
         means nothing happened for a poll interval (time for the watchdog to look)."""
         try:
-            events = [self._events.get(timeout=_POLL)]
+            events = [self._events.get(timeout=self._timeouts.poll)]
         except queue.Empty:
             return None, True
         with contextlib.suppress(queue.Empty):
@@ -324,8 +338,15 @@ class Engine:
                 continue
             del self._flights[future]
             current = flight.backend is backend
-            memory = yield from self._delivery.deliver(
-                flight.batch, flight.record, future.result(), can_step_down=current and not last
+            result: BatchResult = future.result()
+            if result.init_error is not None:
+                raise initializer_failed(result.init_error, flight.backend.label)
+            if result.declined:
+                self._retiring = self._retiring or current
+                self._feed.requeue(flight.batch)
+                continue
+            memory = yield from self.delivery.deliver(
+                flight.batch, flight.record, result, can_step_down=current and not last
             )
             if memory is not None:
                 failure = failure or memory
@@ -333,26 +354,21 @@ class Engine:
 
     # ---- stepping down ---------------------------------------------------------------
 
+    def _renew(self, backend: Backend, record: RungRecord, why: _Renew) -> None:
+        self._flights.evacuate(backend, False, self._feed, self.report)
+        if why.graceful and not self._flights.busy(backend):
+            backend.shutdown()
+        else:
+            backend.abandon()
+        record.renewed += 1
+        self._renewed = record
+        log.info("%s: %s; renewing it with %s", backend.label, why, self._left())
+
     def _step_down(
         self, backend: Backend, record: RungRecord, failure: ResourceFailure, then: str
     ) -> None:
         died = failure.reason is Reason.WORKER_DIED
-        moved = 0
-        for future, flight in list(self._flights.items()):
-            if flight.backend is not backend:
-                continue
-            if future.done() and not future.cancelled() and future.exception() is None:
-                continue  # finished: delivered by _drain_orphans or the next rung's waits
-            if backend.in_process and not future.cancel() and not future.done():
-                continue  # running in a thread of ours: an orphan, its result will be kept
-            del self._flights[future]
-            batch = flight.batch
-            if not backend.in_process:
-                # It may have started (at-least-once); if a worker died, it may be the cause.
-                batch.suspect = batch.suspect or died
-                self.report.rerun += len(batch.items)
-            self._feed.requeue(batch)
-            moved += len(batch.items)
+        moved = self._flights.evacuate(backend, died, self._feed, self.report)
         backend.abandon()
         record.failure = failure.detail or failure.reason.value
         record.reason = failure.reason.value
@@ -366,28 +382,19 @@ class Engine:
             self._left(),
         )
 
-    def _drain_orphans(self) -> Iterator[Outcome]:
+    def _drain_orphans(self) -> Iterator[list[Outcome]]:
         while self._flights:
             done, _ = wait(list(self._flights), return_when=FIRST_COMPLETED)
             for future in done:
                 flight = self._flights.pop(future)
                 if future.exception() is None:
-                    yield from self._delivery.deliver(
+                    yield from self.delivery.deliver(
                         flight.batch, flight.record, future.result(), can_step_down=False
                     )
 
     def _abort(self, backend: Backend, rung: Rung) -> None:
         """The run ends early (a task raised, the consumer stopped): free the executor."""
-        busy = False
-        for future, flight in list(self._flights.items()):
-            if flight.backend is backend and not future.cancel() and not future.done():
-                busy = True
-        if busy:
+        if self._flights.cancel(backend) or self._timeouts.abandoned:
             backend.abandon()
         else:
             pools.release(backend, rung, self.options.reuse)
-
-    def _cancel_all(self) -> None:
-        for future in list(self._flights):
-            future.cancel()
-        self._flights.clear()

@@ -10,18 +10,20 @@ from (the caller's items, an :class:`Inbox` fed by ``Executor.submit``, or the r
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
-    from .report import RungRecord
+    from .report import Report, RungRecord
 
-__all__ = ["Batch", "Feed", "Flight", "Inbox", "Sizer"]
+__all__ = ["Batch", "Feed", "Flight", "Flights", "Inbox", "Sizer"]
 
 _MAX_BATCH = 10_000
 
@@ -46,15 +48,65 @@ class Flight:
     batch: Batch
     backend: Backend
     record: RungRecord
+    tag: int = 0  # names the batch to the timeout watch
+
+
+class Flights(dict[Future[Any], Flight]):
+    """The batches in flight, by their future, on every backend of the run."""
+
+    def on(self, backend: Backend) -> dict[int, tuple[Future[Any], Flight]]:
+        """``backend``'s flights by tag."""
+        return {f.tag: (future, f) for future, f in self.items() if f.backend is backend}
+
+    def busy(self, backend: Backend) -> bool:
+        return any(f.backend is backend for f in self.values())
+
+    def evacuate(self, backend: Backend, died: bool, feed: Feed, report: Report) -> int:
+        """Move what ``backend`` has not finished to the requeue; return how many tasks.
+
+        A batch running in a thread of ours cannot be stopped: it stays, an orphan, and its
+        result is kept. One sent to another process may have started (at-least-once); if a
+        worker ``died``, it may be the cause: it becomes a suspect.
+        """
+        moved = 0
+        for future, flight in list(self.items()):
+            if flight.backend is not backend:
+                continue
+            if future.done() and not future.cancelled() and future.exception() is None:
+                continue  # finished: delivered with the orphans or by the next rung's waits
+            if backend.in_process and not future.cancel() and not future.done():
+                continue
+            del self[future]
+            batch = flight.batch
+            if not backend.in_process:
+                batch.suspect = batch.suspect or died
+                report.rerun += len(batch.items)
+            feed.requeue(batch)
+            moved += len(batch.items)
+        return moved
+
+    def cancel(self, backend: Backend) -> bool:
+        """Cancel ``backend``'s batches that have not started; True if some still run."""
+        running = False
+        for future, flight in list(self.items()):
+            if flight.backend is backend and not future.cancel() and not future.done():
+                running = True
+        return running
+
+    def cancel_all(self) -> None:
+        for future in list(self):
+            future.cancel()
+        self.clear()
 
 
 class Sizer:
     """Adaptive batch size: enough tasks per batch to hide the per-batch cost (IPC, pickling),
     few enough that every worker gets several batches."""
 
-    def __init__(self, fixed: int | None, target: float) -> None:
-        self.fixed = fixed
+    def __init__(self, fixed: int | None, target: float, cap: int | None = None) -> None:
+        self.fixed = fixed if fixed is None or cap is None else min(fixed, cap)
         self.target = target
+        self.cap = _MAX_BATCH if cap is None else cap
         self.per_task: float | None = None
         self.last = 1
 
@@ -69,7 +121,7 @@ class Sizer:
         if self.per_task is None:
             return 1
         # Grow at most fourfold a step, so one early fast sample cannot pull a huge batch.
-        ideal = max(1, min(int(self.target / self.per_task), _MAX_BATCH))
+        ideal = max(1, min(int(self.target / self.per_task), self.cap))
         size = min(ideal, 4 * self.last)
         if remaining is not None:
             # Several batches per worker, so the last ones do not leave workers idle; but not
@@ -153,16 +205,34 @@ class Feed:
             indexes = list(range(self.next_index, self.next_index + len(items)))
             self.next_index += len(items)
             return Batch(indexes, items) if items else None
-        indexes, items = [], []
-        for item in self._source:
-            indexes.append(self.next_index)
-            items.append(item)
-            self.next_index += 1
-            if len(items) >= size:
-                break
-        else:
-            self.exhausted = True
+        items = list(itertools.islice(self._source, size))
+        self.exhausted = len(items) < size
+        indexes = list(range(self.next_index, self.next_index + len(items)))
+        self.next_index += len(items)
         return Batch(indexes, items) if items else None
+
+    def in_order(
+        self,
+        chunks: Iterator[list[tuple[int, Any, bool]]],
+        waiting: dict[int, tuple[Any, bool]],
+    ) -> Iterator[list[tuple[int, Any, bool]]]:
+        """Lists of outcomes (ascending indexes each) in input order; those that came early
+        wait in ``waiting``."""
+        for chunk in chunks:
+            first = chunk[0][0]
+            if not waiting and first == self.expected and chunk[-1][0] == first + len(chunk) - 1:
+                self.expected += len(chunk)
+                yield chunk  # next in line, without a gap: as it is
+                continue
+            for index, value, ok in chunk:
+                waiting[index] = (value, ok)
+            ready = []
+            while self.expected in waiting:
+                value, ok = waiting.pop(self.expected)
+                ready.append((self.expected, value, ok))
+                self.expected += 1
+            if ready:
+                yield ready
 
     def requeue(self, batch: Batch) -> None:
         """Run ``batch`` again, before any new item, in input order."""

@@ -31,16 +31,23 @@ class RungRecord:
     skipped: str | None = None
     wall: float = 0.0
     slots: str | None = None
+    renewed: int = 0
 
     def describe(self) -> str:
         if self.skipped is not None:
             return f"{self.label} skipped ({self.skipped})"
         if not self.started:
-            return f"{self.label} could not start ({self.failure})"
+            return (
+                f"{self.label} could not start ({self.failure})"
+                if self.failure
+                else (f"{self.label} starting")
+            )
         if self.backend == "isolation":
             return f"suspects run alone in fresh processes, {self.finished} finished"
         start = "warm" if self.reused else f"started in {self.start_seconds * 1000:.0f} ms"
         text = f"{self.label} ({start}) finished {self.finished}"
+        if self.renewed:
+            text += f", renewed {self.renewed} time{'' if self.renewed == 1 else 's'}"
         if self.failure is not None:
             text += f", then failed: {self.failure}; {self.requeued} in flight moved on"
         return text
@@ -55,6 +62,7 @@ class Report:
     rerun: int = 0
     crashed: list[int] = field(default_factory=list)
     task_errors: int = 0
+    timeouts: int = 0
     isolated: int = 0
     wall: float = 0.0
     plan: str | None = None
@@ -99,6 +107,8 @@ class Report:
             tail.append(f"{self.isolated} were suspects")
         if self.task_errors:
             tail.append(f"{self.task_errors} raised")
+        if self.timeouts:
+            tail.append(f"{self.timeouts} ran over task_timeout")
         if self.crashed:
             tail.append(
                 f"{len(self.crashed)} killed their worker twice (tasks "

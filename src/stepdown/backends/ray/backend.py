@@ -27,7 +27,7 @@ VITAL = ("gcs_server", "raylet")
 
 # Kept across backends: a new remote function is exported to the GCS on its first call, a
 # synchronous round trip Ray retries for a minute if the GCS is gone.
-_REMOTES: dict[tuple[Callable[..., Any], int], Any] = {}
+_REMOTES: dict[tuple[Callable[..., Any], int, int], Any] = {}
 
 
 def _settle(out: Future[Any], done: Future[Any]) -> None:
@@ -45,6 +45,8 @@ class RayBackend(Backend):
 
     name = "ray"
     in_process = False
+    # Ray's workers outlive a backend: max_tasks_per_child is Ray's own max_calls instead.
+    own_workers = False
 
     def __init__(self, workers: int, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(workers, options)
@@ -123,10 +125,16 @@ class RayBackend(Backend):
                 )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        key = (fn, self.max_retries)
+        # A worker killed for running over task_timeout must not have its task retried; one that
+        # must not run more than max_tasks_per_child tasks gets one batch (the runner caps it).
+        retries = 0 if self.task_timeout is not None else self.max_retries
+        calls = 1 if self.max_tasks_per_child is not None else 0
+        key = (fn, retries, calls)
         remote = _REMOTES.get(key)
         if remote is None:
-            remote = self._ray.remote(max_retries=self.max_retries, retry_exceptions=False)(fn)
+            remote = self._ray.remote(max_retries=retries, retry_exceptions=False, max_calls=calls)(
+                fn
+            )
             _REMOTES[key] = remote
         ref = remote.remote(*(self._stored_once(a) for a in args))
         out: Future[Any] = Future()

@@ -107,6 +107,11 @@ class StepdownBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
                 f"known: {', '.join(sorted(OPTION_KEYS))}"
             )
         options = replace(self._options, **given) if given else self._options
+        timeout = getattr(parallel, "timeout", None)
+        if timeout is not None and options.task_timeout is None:
+            # joblib's timeout bounds each batch's wait; here it bounds each batch's run, and a
+            # batch that runs over raises TaskTimeout (a TimeoutError) as joblib's would.
+            options = replace(options, task_timeout=timeout)
         # n_jobs caps every rung; prefer="threads" or require="sharedmem" climb only threads.
         cap = min(workers, options.max_workers or workers)
         planned = replace(options, max_workers=cap)

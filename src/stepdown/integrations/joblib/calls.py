@@ -93,7 +93,11 @@ class Call:
         self._pending: dict[Future[Any], tuple[_Job, Future[Any]]] = {}  # by executor future
         options = config.options
         self._executor = Executor(
+            initializer=options.initializer,
+            initargs=tuple(options.initargs),
             setup=config.setup,
+            task_timeout=options.task_timeout,
+            max_tasks_per_child=options.max_tasks_per_child,
             stall_timeout=options.stall_timeout,
             memory_error=options.memory_error,
             reuse=options.reuse,
