@@ -187,3 +187,31 @@ def test_output_exists_without_resume_is_refused(job: Path) -> None:
     out = run_cli(job, "run", "job:score", "-i", "items.jsonl", "-o", "out.jsonl")
     assert out.returncode == 2
     assert "pass --resume" in out.stderr
+
+
+def test_task_timeout_records_the_hung_item_and_goes_on(job: Path) -> None:
+    with (job / "items.jsonl").open("w") as handle:
+        for i in range(6):
+            handle.write(json.dumps({"n": i, "sleep": 600 if i == 2 else 0}) + "\n")
+    began = time.monotonic()
+    out = run_cli(
+        job,
+        "run",
+        "job:score",
+        "-i",
+        "items.jsonl",
+        "-o",
+        "out.jsonl",
+        "--ladder",
+        "loky:2",
+        "--task-timeout",
+        "1",
+    )
+    assert time.monotonic() - began < 60
+    assert out.returncode == 1, out.stderr
+    records = read_output(job / "out.jsonl")
+    assert records[2]["error"]["type"] == "TaskTimeout"  # type: ignore[index]
+    assert {i: r["result"] for i, r in records.items() if i != 2} == {
+        i: {"double": 2 * i} for i in range(6) if i != 2
+    }
+    assert "1 ran over task_timeout" in out.stderr

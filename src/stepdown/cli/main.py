@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--ladder", help="comma-separated rungs, e.g. loky:3,thread:2")
     run.add_argument(
+        "--task-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="record an item that runs longer as a TaskTimeout error (its worker is replaced)",
+    )
+    run.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -148,7 +154,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ladder = [part.strip() for part in args.ladder.split(",") if part.strip()]
     # Every item's outcome is written, error or not; --errors says whether to go on after one.
     options = Options(
-        ladder=ladder, profile=args.profile, policy=args.policy, errors="return", ordered=False
+        ladder=ladder,
+        profile=args.profile,
+        policy=args.policy,
+        task_timeout=args.task_timeout,
+        errors="return",
+        ordered=False,
     )
     return run_jsonl(
         fn,
