@@ -767,6 +767,19 @@ def main() -> None:
     pools.shutdown_all()
     load_end = os.getloadavg()
     out["load_average_end"] = load_end
+    summary(out, texts, targets, began, load, args.json)
+
+
+def summary(
+    out: dict[str, Any],
+    texts: list[str],
+    targets: list[tuple[bool, str]],
+    began: float,
+    load: tuple[float, float, float],
+    json_path: str | None,
+) -> None:
+    """Print the tables, the targets met and missed, the load; write the raw numbers."""
+    load_end = os.getloadavg()
     out["targets"] = [{"pass": ok, "line": line} for ok, line in targets]
     out["total_seconds"] = time.perf_counter() - began
     print()
@@ -778,13 +791,13 @@ def main() -> None:
     print("```")
     print(
         f"\nTotal {out['total_seconds']:.0f} s; load average {load[0]:.2f} at the start, "
-        f"{load_end[0]:.2f} at the end, on {cpus} CPUs (a shared machine: read the ratios, "
-        "not the third digit)."
+        f"{load_end[0]:.2f} at the end, on {len(os.sched_getaffinity(0))} CPUs (a shared "
+        "machine: read the ratios, not the third digit)."
     )
-    if args.json:
-        with open(args.json, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(out, f, indent=2, default=str)
-        print(f"raw numbers written to {args.json}")
+        print(f"raw numbers written to {json_path}")
 
 
 if __name__ == "__main__":
