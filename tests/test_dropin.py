@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,21 @@ def test_a_remote_cause_is_kept_with_the_note(ladder: list[object]) -> None:
     if not isinstance(info.value.__cause__, RemoteTraceback):
         return  # in-process: the exception's own traceback is there
     assert "fails_on_7" in str(info.value.__cause__)
+
+
+BARRIER = threading.Barrier(2, timeout=10)
+
+
+def meet_at_0_and_10(x: int) -> int:
+    """Items 0 and 10 (in two different batches of 10) can only finish together."""
+    if x in (0, 10):
+        BARRIER.wait()
+    return x
+
+
+def test_a_fixed_batch_size_keeps_several_batches_in_flight() -> None:
+    """In input order, the read-ahead window is counted in batches of the fixed size: a batch
+    of 10 must not hold back the next one (it did: one batch at a time, half the workers)."""
+    BARRIER.reset()
+    run = stepdown.run(meet_at_0_and_10, range(20), ladder=["thread:2"], batch_size=10)
+    assert run.results == list(range(20))

@@ -117,6 +117,7 @@ class Sizer:
 
     def size(self, workers: int, remaining: int | None) -> int:
         if self.fixed is not None:
+            self.last = self.fixed  # the read-ahead window is counted in batches of this size
             return self.fixed
         if self.per_task is None:
             return 1
