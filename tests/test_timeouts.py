@@ -108,6 +108,20 @@ def test_a_timeout_not_hit_changes_nothing() -> None:
     assert run.report.timeouts == 0 and run.report.rungs[-1].renewed == 0
 
 
+def open_fds(_: object) -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_warm_worker_keeps_one_watch_file_open_across_runs() -> None:
+    """Each run has its own watch directory; a warm worker serving run after run must not keep
+    a file of every one open (it would run out of descriptors)."""
+    ladder = [{"backend": "process", "workers": 1, "start_method": "fork"}]
+    first = stepdown.map(open_fds, range(2), ladder=ladder, task_timeout=30)
+    for _ in range(15):
+        last = stepdown.map(open_fds, range(2), ladder=ladder, task_timeout=30)
+    assert max(last) <= max(first) + 1, (first, last)
+
+
 def test_the_watch_directory_is_removed(tmp_path: Path) -> None:
     before = {p for p in os.listdir(_tmp()) if p.startswith("stepdown-watch-")}
     stepdown.map(pid, range(20), ladder=["process:2"], task_timeout=10)

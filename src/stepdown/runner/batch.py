@@ -11,6 +11,7 @@ cloudpickle, lazily, for functions shipped as bytes).
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import struct
@@ -108,9 +109,10 @@ class Duties(NamedTuple):
 
 
 # Per worker process: tasks run so far (for max_tasks; with its pid, as a forked worker
-# inherits its parent's), and the watch files opened.
+# inherits its parent's), and the watch file open: (directory, pid, fd), one at a time, so a
+# warm worker serving many runs does not keep a file of each open.
 _tasks_run = (0, 0)
-_watch_files: dict[tuple[str, int], int | None] = {}
+_watch_file_open: tuple[str, int, int | None] = ("", 0, None)
 # Per thread: the runs whose initializer has run here (the newest few).
 _local = threading.local()
 _RUNS_KEPT = 16
@@ -135,11 +137,19 @@ def dumps(obj: Any) -> bytes:
     so a worker's traceback points at the task's real lines."""
     import io
 
+    buffer = io.BytesIO()
+    _pickler()(buffer, protocol=pickle.DEFAULT_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+@functools.cache
+def _pickler() -> type[Any]:
     import cloudpickle
+
+    reduce_code = getattr(cloudpickle.cloudpickle, "_code_reduce", None)
 
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         def reducer_override(self, obj: Any) -> Any:
-            reduce_code = getattr(cloudpickle.cloudpickle, "_code_reduce", None)
             if isinstance(obj, types.CodeType) and reduce_code is not None:
                 # cloudpickle writes "<dynamic-code>" for the file: keep the real one.
                 rebuild, args = reduce_code(obj)
@@ -147,9 +157,7 @@ def dumps(obj: Any) -> bytes:
                 return rebuild, args
             return super().reducer_override(obj)
 
-    buffer = io.BytesIO()
-    Pickler(buffer, protocol=pickle.DEFAULT_PROTOCOL).dump(obj)
-    return buffer.getvalue()
+    return Pickler
 
 
 def _loads(data: bytes) -> Any:
@@ -200,16 +208,19 @@ def _initialize(run: str, initializer: Initializer) -> None:
 
 
 def _watch_file(directory: str) -> int | None:
-    key = (directory, os.getpid())
-    if key not in _watch_files:
-        try:
-            fd: int | None = os.open(
-                os.path.join(directory, str(os.getpid())), os.O_WRONLY | os.O_CREAT, 0o600
-            )
-        except OSError:  # not on this machine (a Ray node elsewhere): no timeout from here
-            fd = None
-        _watch_files[key] = fd
-    return _watch_files[key]
+    global _watch_file_open
+    pid = os.getpid()
+    opened, owner, fd = _watch_file_open
+    if (opened, owner) == (directory, pid):
+        return fd
+    if fd is not None and owner == pid:
+        os.close(fd)  # an earlier run's (a forked child's inherited one is its parent's)
+    try:
+        fd = os.open(os.path.join(directory, str(pid)), os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError:  # not on this machine (a Ray node elsewhere): no timeout from here
+        fd = None
+    _watch_file_open = (directory, pid, fd)
+    return fd
 
 
 def _noter(watch: Watch | None) -> Callable[[int, int], bool] | None:
