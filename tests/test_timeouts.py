@@ -21,7 +21,8 @@ from stepdown.runner.timeouts import Timeouts
 
 from tests.conftest import BACKEND_LADDERS
 from tests.support import tasks
-from tests.support.tasks import counting_dir, hangs_on_3, pid, square
+from tests.support.processes import gone_within
+from tests.support.tasks import counting_dir, hangs_on_3, pid, sleeps_or_hangs, square
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -38,16 +39,6 @@ def _release_hung_threads() -> Iterator[None]:
 
 def _pids_of(directory: str, index: int) -> list[int]:
     return [int(n.split("-")[2]) for n in os.listdir(directory) if n.startswith(f"start-{index}-")]
-
-
-def _alive(pid_: int) -> bool:
-    try:
-        os.kill(pid_, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead too: its parent has not reaped it yet.
-    with open(f"/proc/{pid_}/stat") as f:
-        return f.read().split(")")[-1].split()[0] != "Z"
 
 
 @pytest.mark.parametrize("name", sorted(LADDERS))
@@ -81,10 +72,7 @@ def test_a_hung_task_times_out_and_the_rest_is_delivered(name: str, tmp_path: Pa
         assert hung == os.getpid()  # abandoned: still waiting, in this process
         assert not tasks.RELEASE.is_set()
     else:
-        deadline = time.monotonic() + 5
-        while _alive(hung) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(hung), "the worker that ran the hung task is still alive"
+        assert gone_within(hung, 10), "the worker that ran the hung task is still alive"
 
 
 @pytest.mark.parametrize("name", ["thread", "loky"])
@@ -153,3 +141,18 @@ def test_a_watch_file_caught_half_written_is_skipped() -> None:
 def test_task_timeout_is_checked(bad: object) -> None:
     with pytest.raises(stepdown.UsageError, match="task_timeout"):
         stepdown.map(square, [1], task_timeout=bad)  # type: ignore[arg-type]
+
+
+def test_a_task_left_running_by_a_renewal_is_still_held_to_the_timeout() -> None:
+    """Thread B hangs on item 1 first; thread A hangs on item 2 half a second later. When item
+    1 is abandoned the thread pool is renewed, and item 2 runs on in the old pool: it must
+    still time out, or the run waits for it forever."""
+    items = [(0.5, 0), (None, 1), (None, 2), (0.0, 3), (0.0, 4), (0.0, 5)]
+    began = time.monotonic()
+    run = stepdown.run(
+        sleeps_or_hangs, items, ladder=["thread:2"], task_timeout=1.0, errors="return", batch_size=1
+    )
+    assert time.monotonic() - began < 20
+    assert [type(r).__name__ for r in run.results[1:3]] == ["TaskTimeout", "TaskTimeout"]
+    assert [run.results[i] for i in (0, 3, 4, 5)] == [0, 3, 4, 5]
+    assert run.report.timeouts == 2

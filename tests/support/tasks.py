@@ -103,3 +103,13 @@ def hangs_on_3(item: tuple[str, int]) -> int:
     if index == 3:
         RELEASE.wait(3600)
     return index
+
+
+def sleeps_or_hangs(item: tuple[float | None, int]) -> int:
+    """Sleep ``item[0]`` seconds (``None``: hang until released or killed), return ``item[1]``."""
+    seconds, value = item
+    if seconds is None:
+        RELEASE.wait(3600)
+    else:
+        time.sleep(seconds)
+    return value

@@ -304,13 +304,16 @@ class Engine:
             if failure is not None:
                 return failure
 
-    def _stop_overdue(self, backend: Backend) -> Stepping:
-        """Give each task that ran over its ``TaskTimeout``; renew the rung if any did."""
-        stopped = self._timeouts.stop(self._flights.on(backend), self._feed, self.report)
+    def _stop_overdue(self, backend: Backend | None) -> Stepping:
+        """Give each task that ran over its ``TaskTimeout`` (those left running in an earlier
+        executor of this run too); renew ``backend`` if one of its own did."""
+        flights = self._flights.on(None)
+        stopped = self._timeouts.stop(flights, self._feed, self.report)
+        renew = False
         for future, index in stopped:
-            del self._flights[future]
+            renew = renew or self._flights.pop(future).backend is backend
             yield [self.delivery.failed(index, TaskTimeout(index, self._timeouts.seconds))]
-        return _Renew("a task ran over task_timeout") if stopped else None
+        return _Renew("a task ran over task_timeout") if renew else None
 
     def _collect(
         self, backend: Backend, last: bool
@@ -373,24 +376,19 @@ class Engine:
         record.failure = failure.detail or failure.reason.value
         record.reason = failure.reason.value
         record.requeued = moved
-        log.warning(
-            "%s failed: %s (%s); %s with %s",
-            backend.label,
-            failure.reason.value,
-            failure.detail,
-            then,
-            self._left(),
-        )
+        why = f"{failure.reason.value} ({failure.detail})"
+        log.warning("%s failed: %s; %s with %s", backend.label, why, then, self._left())
 
     def _drain_orphans(self) -> Iterator[list[Outcome]]:
         while self._flights:
-            done, _ = wait(list(self._flights), return_when=FIRST_COMPLETED)
+            done, _ = wait(list(self._flights), self._timeouts.poll, FIRST_COMPLETED)
             for future in done:
                 flight = self._flights.pop(future)
                 if future.exception() is None:
                     yield from self.delivery.deliver(
                         flight.batch, flight.record, future.result(), can_step_down=False
                     )
+            yield from self._stop_overdue(None)
 
     def _abort(self, backend: Backend, rung: Rung) -> None:
         """The run ends early (a task raised, the consumer stopped): free the executor."""

@@ -54,9 +54,13 @@ class Flight:
 class Flights(dict[Future[Any], Flight]):
     """The batches in flight, by their future, on every backend of the run."""
 
-    def on(self, backend: Backend) -> dict[int, tuple[Future[Any], Flight]]:
-        """``backend``'s flights by tag."""
-        return {f.tag: (future, f) for future, f in self.items() if f.backend is backend}
+    def on(self, backend: Backend | None) -> dict[int, tuple[Future[Any], Flight]]:
+        """``backend``'s flights (``None``: every backend's) by tag."""
+        return {
+            f.tag: (future, f)
+            for future, f in self.items()
+            if backend is None or f.backend is backend
+        }
 
     def busy(self, backend: Backend) -> bool:
         return any(f.backend is backend for f in self.values())

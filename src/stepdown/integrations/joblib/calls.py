@@ -20,7 +20,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import Reason, ResourceFailure
+from ...errors import Reason, ResourceFailure, TaskTimeout
 from ...executor import Executor
 from ...options import Options
 from ...planning.setup import Setup
@@ -159,7 +159,7 @@ class Call:
                 error = source.exception()
                 with contextlib.suppress(InvalidStateError):
                     if error is not None:
-                        proxy.set_exception(error)
+                        proxy.set_exception(_as_joblib(error))
                     else:
                         proxy.set_result(source.result())
         finally:
@@ -237,3 +237,15 @@ class Call:
             record.finished += 1
             self._inline_report.tasks += 1
             proxy.set_result(value)
+
+
+def _as_joblib(error: BaseException) -> BaseException:
+    """A batch stopped by ``task_timeout`` (joblib's ``timeout``) raises what joblib's own
+    timeout raises, ``multiprocessing.TimeoutError``, whichever of the two saw it first."""
+    if not isinstance(error, TaskTimeout):
+        return error
+    from multiprocessing import TimeoutError
+
+    converted = TimeoutError(str(error))
+    converted.__cause__ = error
+    return converted
