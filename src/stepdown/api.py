@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 from .errors import UsageError
 from .options import Errors, Options
 from .planning.setup import Setup, prepare
+from .runner.batch import Starred
 from .runner.engine import Engine
 from .runner.progress import progress_bar
 from .runner.report import Report
@@ -50,35 +51,21 @@ def start(
     return Engine(fn, items, setup, options)
 
 
-class _Star:
-    """``fn(*args)`` for a tuple of arguments: several iterables, zipped, as one item each."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-
-    def __call__(self, args: tuple[Any, ...]) -> Any:
-        return self.fn(*args)
-
-
 class _Zipped:
-    """``zip(*iterables)``, with a length when every iterable has one (the plan uses it)."""
+    """``zip(*iterables)``, read lazily like it."""
 
     def __init__(self, iterables: tuple[Iterable[Any], ...]) -> None:
         self.iterables = iterables
-        if all(isinstance(i, Sized) for i in iterables):
-            self.length: int | None = min(len(i) for i in iterables)  # type: ignore[arg-type]
-        else:
-            self.length = None
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return zip(*self.iterables, strict=False)
 
 
 class _SizedZipped(_Zipped):
+    """``zip(*iterables)`` with the length of the shortest, for the plan."""
+
     def __len__(self) -> int:
-        return self.length or 0
+        return min(len(i) for i in self.iterables)  # type: ignore[arg-type]
 
 
 def tasks(
@@ -89,8 +76,9 @@ def tasks(
         return fn, iterables[0]
     if not callable(fn):
         raise UsageError(f"fn must be callable, not {type(fn).__name__}")
-    zipped = _Zipped(iterables)
-    return _Star(fn), (_SizedZipped(iterables) if zipped.length is not None else zipped)
+    sized = all(isinstance(i, Sized) for i in iterables)
+    # Starred lives in the worker-side module: a worker unpickling it imports nothing more.
+    return Starred(fn), (_SizedZipped if sized else _Zipped)(iterables)
 
 
 def finished(exc: BaseException) -> dict[int, Any]:

@@ -28,6 +28,7 @@ __all__ = [
     "BatchResult",
     "Call",
     "Duties",
+    "Starred",
     "TaskException",
     "Watch",
     "apply_call",
@@ -60,6 +61,18 @@ def apply_call(call: Call) -> Any:
 def apply_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
     """One call of ``Executor.map``: ``fn`` over a chunk of argument tuples."""
     return [fn(*args) for args in chunk]
+
+
+class Starred:
+    """``fn(*args)`` for one tuple of arguments: ``map`` over several iterables, zipped."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, args: tuple[Any, ...]) -> Any:
+        return self.fn(*args)
 
 
 class TaskException(NamedTuple):
