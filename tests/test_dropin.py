@@ -195,3 +195,18 @@ def test_a_fixed_batch_size_keeps_several_batches_in_flight() -> None:
     BARRIER.reset()
     run = stepdown.run(meet_at_0_and_10, range(20), ladder=["thread:2"], batch_size=10)
     assert run.results == list(range(20))
+
+
+def heavy_modules(*_: object) -> list[str]:
+    """Which of stepdown's caller-side modules this process has imported."""
+    heavy = ("stepdown.api", "stepdown.executor", "stepdown.options", "stepdown.planning")
+    return sorted(name for name in sys.modules if name.startswith(heavy))
+
+
+def test_a_loky_worker_imports_only_the_worker_side_of_stepdown() -> None:
+    """Calls, map's chunks and several iterables all arrive as light wrappers: a fresh worker
+    does not import the planner, the options or the executor to run them."""
+    assert stepdown.map(heavy_modules, [1], [2], ladder=["loky:1"], reuse=False) == [[]]
+    with stepdown.Executor(1, ladder=["loky:1"], reuse=False) as ex:
+        assert ex.submit(heavy_modules).result() == []
+        assert list(ex.map(heavy_modules, [1, 2])) == [[], []]
