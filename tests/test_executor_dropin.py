@@ -391,3 +391,11 @@ def test_bad_arguments_raise_usage_error(option: str, value: object) -> None:
         stepdown.Executor(**kwargs).shutdown()
     message = str(info.value)
     assert option in message and repr(value) in message, message
+
+
+def test_map_never_pickles_for_an_in_process_rung() -> None:
+    """A function that cannot be pickled (it holds a lock) maps fine on threads: only a process
+    pool pickles, and only when it sends the first chunk."""
+    lock = threading.Lock()
+    with stepdown.Executor(2, ladder=["thread:2"]) as ex:
+        assert list(ex.map(lambda x: (lock, x)[1], range(5), chunksize=2)) == list(range(5))

@@ -37,32 +37,42 @@ class _Call:
     the pool; rebuilt by a function of the light worker-side module, so a worker never imports
     the executor."""
 
-    __slots__ = ("args", "fn", "future", "kwargs")
+    __slots__ = ("args", "fn", "future", "kwargs", "pickled")
 
-    def __init__(self, future: Future[Any], fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+    def __init__(
+        self,
+        future: Future[Any],
+        fn: Callable[..., Any],
+        args: Any,
+        kwargs: Any,
+        pickled: _Pickled | None = None,
+    ) -> None:
         self.future = future
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
+        self.pickled = pickled  # shared by the chunks of one map: their function, pickled once
 
     def __reduce__(
         self,
     ) -> tuple[Callable[[bytes, Any, Any], Call], tuple[bytes, Any, Any]]:
-        return (loads_call, (_dumps(self.fn), self.args, self.kwargs))
+        fn = dumps(self.fn) if self.pickled is None else self.pickled.data()
+        return (loads_call, (fn, self.args, self.kwargs))
 
 
-# The last function pickled: calls to one function (every chunk of a map) pickle it once.
-_last: tuple[Callable[..., Any], bytes] | None = None
+class _Pickled:
+    """A function pickled when a process pool first needs it (never, in-process), then kept."""
 
+    __slots__ = ("_data", "fn")
 
-def _dumps(fn: Callable[..., Any]) -> bytes:
-    global _last
-    last = _last
-    if last is not None and last[0] is fn:
-        return last[1]
-    data = dumps(fn)
-    _last = (fn, data)
-    return data
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self._data: bytes | None = None
+
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = dumps(self.fn)
+        return self._data
 
 
 def _start_method(mp_context: Any) -> str | None:
@@ -151,12 +161,14 @@ class Executor(_Executor):
         return False
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return self._submit(_Call(Future(), fn, args, kwargs))
+
+    def _submit(self, call: _Call) -> Future[Any]:
         with self._lock:
             if self._crash is not None:
                 raise self._crash
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future: Future[T] = Future()
             if self._thread is None:
                 thread = threading.Thread(
                     target=self._dispatch, name="stepdown-executor", daemon=True
@@ -166,8 +178,8 @@ class Executor(_Executor):
                 except RuntimeError as exc:
                     raise translate(exc, "stepdown.Executor") from exc
                 self._thread = thread
-            self._inbox.put(_Call(future, fn, args, kwargs))
-        return future
+            self._inbox.put(call)
+        return call.future
 
     def map(
         self,
@@ -189,10 +201,11 @@ class Executor(_Executor):
             workers = max((r.workers or 1 for r in self._engine.rungs), default=1)
             chunksize = max(1, math.ceil(len(arguments) / (4 * workers)))
         end = None if timeout is None else time.monotonic() + timeout
-        # One function for every chunk, so that it is pickled once.
+        # One function for every chunk, pickled once.
         chunk = functools.partial(apply_chunk, fn)
+        pickled = _Pickled(chunk)
         futures = [
-            self.submit(chunk, arguments[i : i + chunksize])
+            self._submit(_Call(Future(), chunk, (arguments[i : i + chunksize],), {}, pickled))
             for i in range(0, len(arguments), chunksize)
         ]
         return itertools.chain.from_iterable(_in_turn(futures, end))
