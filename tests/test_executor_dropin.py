@@ -175,8 +175,9 @@ def test_map_timeout(ladder: list[Any]) -> None:
                 got.append(value)
         elapsed = time.monotonic() - start
     assert got == ["a", "b"]
-    # By the timeout, not by the slow call: generous bounds, for a loaded machine.
-    assert 0.9 <= elapsed < 2.5, elapsed
+    # Raised by the timeout, not after the slow call returned (a bound against a hang, not a
+    # speed: the slow call takes 3 s, the timeout is 1 s).
+    assert elapsed < 2.5, elapsed
 
 
 def test_map_empty_and_bad_chunksize(ladder: list[Any]) -> None:
@@ -202,9 +203,9 @@ def test_shutdown_wait_completes_submitted(ladder: list[Any]) -> None:
 def test_shutdown_no_wait_still_finishes(ladder: list[Any]) -> None:
     ex = stepdown.Executor(ladder=ladder)
     fs = [ex.submit(sleep_return, 1.0, i) for i in range(4)]
-    start = time.monotonic()
     ex.shutdown(wait=False)
-    assert time.monotonic() - start < 0.9  # running them takes 2 s at least
+    # It returned without waiting: calls are still running or queued (they take 2 s at least).
+    assert not all(f.done() for f in fs)
     assert [f.result(timeout=30) for f in fs] == list(range(4))
 
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from .options import RunOptions
 
-__all__ = ["Results", "Run", "finished", "imap", "map", "run", "start", "tasks"]
+__all__ = ["Results", "Run", "finished", "imap", "map", "run", "start"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -68,7 +68,7 @@ class _SizedZipped(_Zipped):
         return min(len(i) for i in self.iterables)  # type: ignore[arg-type]
 
 
-def tasks(
+def _one_argument(
     fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...]
 ) -> tuple[Callable[[Any], Any], Iterable[Any]]:
     """One function of one item over one iterable, whether given one or several (zipped)."""
@@ -151,7 +151,7 @@ def run(
     ``initializer``, ``initargs``, ``max_tasks_per_child``, ``stall_timeout``,
     ``memory_error``, ``batch_size``, ``reuse``) are :class:`~stepdown.options.Options`'.
     """
-    one, items = tasks(fn, (iterable, *iterables))
+    one, items = _one_argument(fn, (iterable, *iterables))
     engine = start(one, items, Options(errors=errors, progress=progress, **options))
     results: list[Any] = []
     bar = progress_bar(engine.report.tasks or None, progress)
@@ -245,7 +245,7 @@ def imap(
     Items are read lazily: a generator of a million items is never held in memory at once.
     The iterator's ``report`` tells what the run has done so far; ``close()`` stops it early.
     """
-    one, items = tasks(fn, (iterable, *iterables))
+    one, items = _one_argument(fn, (iterable, *iterables))
     return Results(start(one, items, Options(errors=errors, ordered=ordered, **options)))
 
 

@@ -307,6 +307,8 @@ class Engine:
     def _stop_overdue(self, backend: Backend | None) -> Stepping:
         """Give each task that ran over its ``TaskTimeout`` (those left running in an earlier
         executor of this run too); renew ``backend`` if one of its own did."""
+        if not self._timeouts.on:
+            return None  # the common case: nothing to look at, each time round the loop
         flights = self._flights.on(None)
         stopped = self._timeouts.stop(flights, self._feed, self.report)
         renew = False
