@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
-from .errors import UsageError
+from .errors import StepdownError, UsageError
 from .options import Errors, Options
 from .planning.setup import Setup, prepare
 from .runner.batch import Starred
@@ -82,8 +82,9 @@ def _one_argument(
 
 
 def finished(exc: BaseException) -> dict[int, Any]:
-    """The results that had finished when the task exception ``exc`` was raised by ``run``,
-    ``map`` or ``imap`` (``errors="raise"``), by input index; empty for any other exception.
+    """The results that had finished when ``exc`` ended a ``run``, ``map`` or ``imap``, by
+    input index: a task exception (``errors="raise"``), ``KeyboardInterrupt`` or a
+    :class:`~stepdown.errors.StepdownError`; empty for any other exception.
 
     >>> try:
     ...     stepdown.map(lambda x: 1 // x, [1, 2, 0, 4], ladder=["sequential"])
@@ -95,9 +96,13 @@ def finished(exc: BaseException) -> dict[int, Any]:
     return dict(kept)
 
 
+_ENDINGS = (KeyboardInterrupt, StepdownError)
+
+
 def _keep(engine: Engine, exc: BaseException, delivered: dict[int, Any]) -> None:
-    """Attach to the task exception being raised the results that had finished."""
-    if engine.delivery.raised is not exc:
+    """Attach to the exception ending the run (a task's, a Ctrl-C, a ``ResourceFailure``)
+    the results that had finished."""
+    if engine.delivery.raised is not exc and not isinstance(exc, _ENDINGS):
         return
     kept = dict(delivered)
     kept.update((i, value) for i, (value, ok) in engine.waiting.items() if ok)

@@ -158,4 +158,6 @@ def describe_exitcode(exitcode: int | None) -> str:
             return f"killed by {signal.Signals(-exitcode).name}"
         except ValueError:
             return f"killed by signal {-exitcode}"
+    if exitcode == 0:
+        return "exited with code 0 in the middle of its work (os._exit(0) in a task?)"
     return f"exit code {exitcode}"

@@ -226,6 +226,13 @@ class Executor(_Executor):
                 if not call.future.done():
                     call.future.set_exception(exc)
 
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if isinstance(exc, KeyboardInterrupt):
+            # A Ctrl-C stops the work, as it would a loop: nothing more starts, the pool goes.
+            self.shutdown(wait=False, cancel_futures=True)
+            self._engine.interrupt(KeyboardInterrupt())
+        self.shutdown(wait=True)
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
             self._shutdown = True

@@ -41,6 +41,7 @@ def _message(exc: BaseException) -> str:
 # Failures of the machine, whatever the backend: (test, reason), most specific first.
 _GENERAL: list[tuple[Callable[[BaseException], bool], Reason]] = [
     (lambda e: isinstance(e, MemoryError), Reason.OUT_OF_MEMORY),
+    (lambda e: _receiving(e) == "MemoryError", Reason.OUT_OF_MEMORY),
     (lambda e: isinstance(e, OSError) and e.errno == errno.ENOMEM, Reason.OUT_OF_MEMORY),
     (lambda e: isinstance(e, OSError) and e.errno == errno.EAGAIN, Reason.CANNOT_START_PROCESS),
     (
@@ -58,6 +59,15 @@ _GENERAL: list[tuple[Callable[[BaseException], bool], Reason]] = [
         Reason.CANNOT_START_PROCESS,
     ),
 ]
+
+
+def _receiving(exc: BaseException) -> str | None:
+    """The error type a stdlib pool's manager thread met reading a result (it then breaks the
+    pool and SIGTERMs the workers), from the traceback text it leaves as the cause."""
+    if type(exc).__name__ != "_RemoteTraceback" or "result_reader.recv" not in str(exc):
+        return None
+    last = str(exc).strip().strip("'").strip().splitlines()
+    return last[-1].partition(":")[0] if last else None
 
 
 def _matches(row: Failure, exc: BaseException) -> bool:
@@ -144,6 +154,10 @@ def translate(
     native = _unwrap(exc)
     reason = classify(native) or Reason.EXECUTOR_BROKEN
     detail = _detail(native)
+    receiving = None if native.__cause__ is None else _receiving(native.__cause__)
+    if receiving is not None:
+        detail = f"{receiving} while the caller received a result"
+        return _failure(reason, detail, rung, native)
     if reason is Reason.WORKER_DIED:
         code = exitcode_from(native)
         if code is None:
@@ -152,6 +166,12 @@ def translate(
             detail = f"worker {describe_exitcode(code)}"
             if code == -signal.SIGKILL:
                 detail += " (likely the out-of-memory killer)"
+    return _failure(reason, detail, rung, native)
+
+
+def _failure(
+    reason: Reason, detail: str, rung: str | None, native: BaseException
+) -> ResourceFailure:
     failure = ResourceFailure(reason, detail, rung)
     failure.__cause__ = native
     return failure

@@ -11,6 +11,7 @@ cloudpickle, lazily, for functions shipped as bytes).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
@@ -31,6 +32,7 @@ __all__ = [
     "Starred",
     "TaskException",
     "Watch",
+    "add_note",
     "apply_call",
     "apply_chunk",
     "dumps_function",
@@ -76,10 +78,20 @@ class Starred:
 
 
 class TaskException(NamedTuple):
-    """A task's exception as it crossed a process boundary, with the worker's traceback."""
+    """A task's exception as it crossed a process boundary, with the worker's traceback.
+
+    It travels as cloudpickle bytes, so an exception class defined in a script or notebook
+    (pickled by value) comes back as itself."""
 
     exc: BaseException
     tb: str
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _task_exception, (dumps(self.exc), self.tb)
+
+
+def _task_exception(data: bytes, tb: str) -> TaskException:
+    return TaskException(pickle.loads(data), tb)
 
 
 class BatchResult(NamedTuple):
@@ -96,6 +108,55 @@ class BatchResult(NamedTuple):
     pid: int
     declined: bool = False
     init_error: BaseException | TaskException | None = None
+    packed: bytes | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Values cross to the caller as a pickle of their own, opened by the runner: one that
+        # cannot be rebuilt there (or runs out of memory) fails its tasks, not the pool's
+        # result channel; one that cannot be pickled here fails its own task.
+        if self.packed is not None or not self.values:
+            return BatchResult, tuple(self)
+        packed, errors = _pack(self.values, self.errors)
+        return BatchResult, ([], errors, *self[2:6], packed)
+
+    def unpacked(self) -> BatchResult:
+        """This result with its values rebuilt; raises what rebuilding them raises."""
+        if self.packed is None:
+            return self
+        return self._replace(values=pickle.loads(self.packed), packed=None)
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` where there is one (Python 3.11+) and the type takes it."""
+    adder = getattr(exc, "add_note", None)
+    # A type that refuses notes reaches the caller as it is.
+    with contextlib.suppress(Exception):
+        if adder is not None:
+            adder(note)
+
+
+def _pack(
+    values: list[Any], errors: dict[int, BaseException | TaskException] | None
+) -> tuple[bytes, dict[int, BaseException | TaskException] | None]:
+    try:
+        return pickle.dumps(values, pickle.HIGHEST_PROTOCOL), errors
+    except Exception:
+        pass
+    try:  # a lambda, or a class from the script's __main__, among them
+        return dumps(values), errors
+    except Exception:
+        pass
+    kept: list[Any] = []
+    errors = dict(errors or {})
+    for position, value in enumerate(values):
+        try:
+            dumps(value)
+        except Exception as exc:
+            add_note(exc, "stepdown: the task's result could not be pickled to send it back")
+            errors[position] = _portable(exc)
+            value = None
+        kept.append(value)
+    return dumps(kept), errors
 
 
 # Where a worker says which task it is running, for the runner to enforce ``task_timeout``:
@@ -196,7 +257,7 @@ def _function(
 def _portable(exc: BaseException) -> TaskException:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        pickle.loads(pickle.dumps(exc))
+        pickle.loads(dumps(exc))
     except Exception:
         replacement = RuntimeError(
             f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
@@ -259,15 +320,14 @@ def run_batch(
 ) -> BatchResult:
     """Run ``fn`` on each item; a task's exception is kept as a value, never raised.
 
+    Whatever its base class (``SystemExit``, ``asyncio.CancelledError``, a user's own
+    ``BaseException``) except ``KeyboardInterrupt``: that one means "stop the run" (a user's
+    Ctrl-C reaches workers as well as the caller) and goes up to the runner, which stops.
     ``remote`` batches run in another process: their exceptions travel with the formatted
-    traceback, and ``SystemExit`` raised by a task is caught too (it would end the worker).
-    ``duties`` (initializer, worker recycling, the timeout watch) apply when given; ``tag``
-    names the batch to the watch.
+    traceback. ``duties`` (initializer, worker recycling, the timeout watch) apply when given;
+    ``tag`` names the batch to the watch.
     """
     global _tasks_run
-    catch: type[BaseException] | tuple[type[BaseException], ...] = (
-        (Exception, SystemExit) if remote else Exception
-    )
     pid = os.getpid()
     ran = _tasks_run[1] if _tasks_run[0] == pid else 0
     limit = None if duties is None else duties.max_tasks
@@ -277,7 +337,9 @@ def run_batch(
     if initializer is not None:
         try:
             _initialize(duties.run if duties is not None else "", initializer)
-        except catch as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             return BatchResult([], None, 0.0, pid, init_error=_portable(exc) if remote else exc)
     note = None if duties is None else _noter(duties.watch)
     values: list[Any] = []
@@ -288,7 +350,9 @@ def run_batch(
             break  # abandoned: the runner has sent the rest elsewhere
         try:
             values.append(func(item))
-        except catch as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             if errors is None:
                 errors = {}
             errors[position] = _portable(exc) if remote else exc

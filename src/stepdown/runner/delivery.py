@@ -7,7 +7,6 @@ a task may instead send the task back to run on a smaller rung (``memory_error="
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import reprlib
 import time
@@ -16,7 +15,7 @@ from typing import Any
 
 from ..errors import RemoteTraceback, TaskCrashed, TaskTimeout
 from ..options import Options
-from .batch import BatchResult, TaskException
+from .batch import BatchResult, TaskException, add_note
 from .flights import Batch, Feed, Sizer
 from .report import Report, RungRecord
 
@@ -45,6 +44,10 @@ class Delivery:
         """Hand a finished batch's outcomes out, as one list (a task exception raised with
         ``errors="raise"`` after the outcomes before it); return a MemoryError that should step
         down."""
+        try:
+            result = result.unpacked()
+        except Exception as unpacking:  # a MemoryError included
+            return (yield from self._unpack_failed(batch, record, unpacking, can_step_down))
         self.sizer.observe(len(batch.items), result.elapsed)
         errors = result.errors
         values = result.values
@@ -79,6 +82,39 @@ class Delivery:
         if out:
             yield out
         return step_down
+
+    def _unpack_failed(
+        self, batch: Batch, record: RungRecord, exc: Exception, can_step_down: bool
+    ) -> Generator[list[Outcome], None, MemoryError | None]:
+        """A batch's results came back but cannot be rebuilt here: a MemoryError steps down
+        (``memory_error="step-down"``); a batch of several runs again a task at a time, to
+        find the result at fault; a single task's result fails that task."""
+        size = len(batch.items)
+        if (
+            isinstance(exc, MemoryError)
+            and self.options.memory_error == "step-down"
+            and can_step_down
+        ):
+            self.feed.requeue(batch)
+            return exc
+        if size > 1:
+            log.info(
+                "the results of %d tasks could not be rebuilt in the caller (%s: %s); running "
+                "them again one at a time",
+                size,
+                type(exc).__name__,
+                exc,
+            )
+            self.report.rerun += size
+            for index, item in zip(batch.indexes, batch.items, strict=True):
+                self.feed.requeue(Batch([index], [item]))
+            return None
+        index = batch.indexes[0]
+        add_note(exc, f"stepdown: the result of task {index} could not be rebuilt here")
+        _name(exc, index, batch.items[0])
+        record.finished += 1
+        yield [self.failed(index, exc)]
+        return None
 
     def failed(self, index: int, exc: BaseException) -> Outcome:
         """Task ``index`` raised ``exc``: raise it (``errors="raise"``), or its outcome."""
@@ -141,8 +177,4 @@ _short.maxstring = _short.maxother = 60
 
 def _name(exc: BaseException, index: int, item: Any) -> None:
     """Note on a task's exception which task raised it (shown under its traceback)."""
-    add_note = getattr(exc, "add_note", None)  # Python 3.11+
-    if add_note is not None:
-        # An exception type that refuses notes reaches the caller as it is.
-        with contextlib.suppress(Exception):
-            add_note(f"stepdown: raised by task {index} (item {_short.repr(item)})")
+    add_note(exc, f"stepdown: raised by task {index} (item {_short.repr(item)})")

@@ -99,11 +99,10 @@ class Engine:
         self._feed = Feed(items, self._sizer, accept)
         self.report = Report.planned(setup.plan, self._feed.total)
         log_plan(setup.plan)
-        # Its ``raised``: the task exception raised to the caller (errors="raise"), if one was.
         self.delivery = Delivery(options, self._feed, self._sizer, self.report)
-        # Finished futures arrive here from their done-callbacks (and None when the inbox has
-        # news): one queue to block on, instead of installing waiters on every flight per step.
-        self._events: queue.SimpleQueue[Future[Any] | None] = queue.SimpleQueue()
+        # Finished futures arrive here from their done-callbacks (None: the inbox has news; an
+        # exception: stop). One queue to block on, not waiters on every flight per step.
+        self._events: queue.SimpleQueue[Future[Any] | BaseException | None] = queue.SimpleQueue()
         if self._feed.inbox is not None:
             self._feed.inbox.listener = self._events.put
         self._flights = Flights()
@@ -118,6 +117,10 @@ class Engine:
         # The rung running now (the demo kills one of its workers); None before the first.
         self.backend: Backend | None = None
         self._started: float | None = None
+
+    def interrupt(self, exc: BaseException) -> None:
+        """Stop the run from another thread: ``exc`` is raised where the runner waits."""
+        self._events.put(exc)
 
     def live_report(self) -> Report:
         """The report, its task count and wall time brought up to now."""
@@ -197,16 +200,8 @@ class Engine:
         why = None if rung.in_process else self._shipping.unpicklable()
         granted = why or self._slots.take(rung, workers, self.plan.worker_memory(rung))
         if isinstance(granted, str):
-            skipped = RungRecord(rung.label(workers), rung.backend, 0, skipped=granted)
-            skipped.failure = why
-            skipped.slots = None if why else f"asked for {workers}, granted 0"
-            self.report.rungs.append(skipped)
-            log.warning(
-                "%s skipped: %s; stepping down to %s",
-                skipped.label,
-                granted,
-                self._next_label(position),
-            )
+            label = rung.label(workers)
+            self.report.skip(label, rung.backend, granted, why, workers, self._next_label(position))
             return None
         label = rung.label(granted)
         record = RungRecord(label=label, backend=rung.backend, workers=granted)
@@ -329,11 +324,16 @@ class Engine:
         with contextlib.suppress(queue.Empty):
             while True:
                 events.append(self._events.get_nowait())
-        finished = [f for f in events if f is not None and f in self._flights]
+        for event in events:
+            if isinstance(event, BaseException):
+                raise event
+        finished = [f for f in events if isinstance(f, Future) and f in self._flights]
         failure: BaseException | None = None
         for future in sorted(finished, key=lambda f: self._flights[f].batch.indexes[0]):
             flight = self._flights[future]
             error = future.exception()
+            if isinstance(error, KeyboardInterrupt):  # the run stops (docs/semantics.md)
+                raise error
             if error is not None:
                 if flight.backend is backend:
                     failure = failure or error  # _step_down moves it on, with its siblings

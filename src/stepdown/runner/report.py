@@ -83,6 +83,16 @@ class Report:
                 )
         return report
 
+    def skip(
+        self, label: str, backend: str, reason: str, failure: str | None, asked: int, then: str
+    ) -> None:
+        """Record (and log) a rung skipped when its turn came: unusable (``failure``) or no
+        slots; the run steps down to ``then``."""
+        skipped = RungRecord(label, backend, 0, skipped=reason, failure=failure)
+        skipped.slots = None if failure else f"asked for {asked}, granted 0"
+        self.rungs.append(skipped)
+        log.warning("%s skipped: %s; stepping down to %s", label, reason, then)
+
     @property
     def stepped_down(self) -> bool:
         return any(r.failure is not None or r.skipped is not None for r in self.rungs)
