@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import Reason, ResourceFailure
 from .base import Backend
+from .forking import imports_settled
 
 __all__ = ["PoolBackend"]
 
@@ -33,6 +34,10 @@ class PoolBackend(Backend):
     def _create(self) -> Executor:
         raise NotImplementedError
 
+    def _forks(self) -> bool:
+        """Whether workers start as plain forks of the caller (see :mod:`.forking`)."""
+        return False
+
     def start(self) -> None:
         # Children this start creates, to kill on abandon even if the pool never recorded them:
         # a worker forked just before a thread of the pool failed to start would otherwise
@@ -44,6 +49,8 @@ class PoolBackend(Backend):
             self._children = [p for p in multiprocessing.active_children() if p not in before]
 
     def _start(self) -> None:
+        if self._forks():
+            imports_settled()
         self._pool = self._create()
         # The first submit launches the workers (all of them with fork, loky): a pool that
         # cannot fork fails here, before a task is handed to it. Waiting for its answer makes
@@ -97,8 +104,9 @@ class PoolBackend(Backend):
         dead: list[int] = []
         for _ in range(20):
             codes: list[int | None] = [getattr(p, "exitcode", None) for p in processes]
-            # A broken stdlib pool SIGTERMs the survivors itself: the cause is the other code.
-            dead = [c for c in codes if c is not None and c != 0]
+            # A broken stdlib pool SIGTERMs the survivors itself: the cause is the other code
+            # (0 included: a task that called os._exit(0) ends its worker as surely).
+            dead = [c for c in codes if c is not None]
             own = [c for c in dead if c != -signal.SIGTERM]
             if own:
                 return own[0]

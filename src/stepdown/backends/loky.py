@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import Executor
 
 from ._pool import PoolBackend
+from .worker import prepare
 
 __all__ = ["LokyBackend"]
 
@@ -18,7 +19,7 @@ class LokyBackend(PoolBackend):
     def _create(self) -> Executor:
         from loky import ProcessPoolExecutor
 
-        pool: Executor = ProcessPoolExecutor(max_workers=self.workers)
+        pool: Executor = ProcessPoolExecutor(max_workers=self.workers, initializer=prepare)
         return pool
 
     def _shutdown_now(self) -> None:

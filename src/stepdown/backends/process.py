@@ -6,6 +6,7 @@ import multiprocessing
 from concurrent.futures import Executor, ProcessPoolExecutor
 
 from ._pool import PoolBackend
+from .worker import prepare
 
 __all__ = ["ProcessBackend"]
 
@@ -16,10 +17,24 @@ class ProcessBackend(PoolBackend):
 
     name = "process"
 
+    def _forks(self) -> bool:
+        method = multiprocessing.get_context(self.options.get("start_method")).get_start_method()
+        return method == "fork"
+
     def _create(self) -> Executor:
         method = self.options.get("start_method")
         context = multiprocessing.get_context(method)
-        return ProcessPoolExecutor(self.workers, mp_context=context)
+        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=prepare)
+
+    def abandon(self) -> None:
+        # Before the workers are killed: the pool's manager then fails every pending call, and
+        # on a call the runner has cancelled Python 3.11's raises InvalidStateError and prints
+        # its traceback (3.12 ignores it).
+        pending = getattr(self._pool, "_pending_work_items", None) or {}
+        for work_id, item in list(pending.items()):
+            if item.future.cancelled():
+                pending.pop(work_id, None)
+        super().abandon()
 
 
 BACKEND = ProcessBackend

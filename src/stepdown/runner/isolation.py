@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..backends.forking import imports_settled
+from ..backends.worker import prepare
 from .batch import BatchResult, run_batch
 
 __all__ = ["Crashed", "bisect", "run_alone"]
@@ -30,6 +32,7 @@ class Crashed:
 
 
 def _child(conn: Connection, fn: bytes, items: Sequence[Any]) -> None:
+    prepare()
     result = run_batch(fn, items, remote=True)
     conn.send(result)
     conn.close()
@@ -38,6 +41,8 @@ def _child(conn: Connection, fn: bytes, items: Sequence[Any]) -> None:
 def run_alone(fn: bytes, items: Sequence[Any], start_method: str | None) -> BatchResult | Crashed:
     """Run ``items`` in one fresh process. Raises ``OSError`` if no process can start."""
     context: Any = multiprocessing.get_context(start_method)
+    if context.get_start_method() == "fork":
+        imports_settled()
     reader, writer = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(writer, fn, list(items)), daemon=True)
     try:

@@ -2,12 +2,17 @@
 
 For a short job the pool's start-up is the job (loky takes ~110 ms to start, a task may take
 10 ms), so an executor that finished a run healthy is kept idle and handed to the next run that
-asks for the same rung. A broken executor is never kept. Everything kept is shut down at exit.
+asks for the same rung. A broken executor is never kept. Everything kept is shut down at exit:
+the interpreter's, and a worker process's own (a task that ran a nested run in a pool worker:
+that worker's exit would otherwise wait for the nested pool's workers forever). A forked child
+forgets its parent's.
 """
 
 from __future__ import annotations
 
 import atexit
+import multiprocessing.util
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -69,6 +74,7 @@ def release(backend: Backend, rung: Rung, reuse: bool = True) -> None:
         return
     key = _key(rung, backend.workers)
     evicted: list[Backend] = []
+    _shut_down_at_exit()
     with _lock:
         old = _idle.pop(key, None)
         if old is not None:
@@ -92,4 +98,20 @@ def shutdown_all() -> None:
             backend.abandon()
 
 
+def _shut_down_at_exit() -> None:
+    global _finalized_in
+    if _finalized_in != os.getpid():
+        _finalized_in = os.getpid()
+        # Runs in a multiprocessing worker's exit (atexit does not), before it joins children.
+        multiprocessing.util.Finalize(None, shutdown_all, exitpriority=10)
+
+
+def _forget_after_fork() -> None:
+    global _lock
+    _idle.clear()  # copies of the parent's executors: not this process's to use or shut down
+    _lock = threading.Lock()
+
+
+_finalized_in: int | None = None
 atexit.register(shutdown_all)
+os.register_at_fork(after_in_child=_forget_after_fork)
