@@ -1,6 +1,7 @@
 """The ``stepdown`` command: ``doctor``, ``plan``, ``run``, ``bench``, ``demo``.
 
-Exit codes: 0 done, 1 some task failed, 2 bad usage (a one-line message, no traceback).
+Exit codes: 0 done, 1 some task failed, 2 bad usage or a run that could not finish (a
+one-line message, no traceback), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import StepdownError, UsageError
 
 __all__ = ["main"]
 
@@ -62,8 +63,10 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run MODULE:FUNCTION over a JSONL file of items")
     run.add_argument("function", metavar="MODULE:FUNCTION")
-    run.add_argument("--input", "-i", required=True, help="JSONL file, one item a line")
-    run.add_argument("--output", "-o", required=True, help="JSONL file of results")
+    run.add_argument(
+        "--input", "-i", required=True, help="JSONL file, one item a line; a pipe; - for stdin"
+    )
+    run.add_argument("--output", "-o", required=True, help="JSONL file of results; - for stdout")
     run.add_argument("--resume", action="store_true", help="skip items already in --output")
     run.add_argument(
         "--errors",
@@ -211,8 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         _logging(args)
         return _COMMANDS[args.command](args)
-    except UsageError as exc:
-        print(f"stepdown: {exc}", file=sys.stderr)
+    except StepdownError as exc:  # a UsageError, or a ResourceFailure no rung could absorb
+        print(f"stepdown: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("stepdown: interrupted", file=sys.stderr)

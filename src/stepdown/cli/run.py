@@ -1,9 +1,10 @@
 """``stepdown run MODULE:FUNCTION --input items.jsonl --output results.jsonl``.
 
 Batch jobs without Python glue. Each input line is one item (JSON); each output line is
-``{"index": i, "result": ...}`` or ``{"index": i, "error": {...}}``, written and flushed as results
-arrive, so a crash of this command loses nothing already written. ``--resume`` skips the indexes
-already in the output (a truncated last line is dropped and redone).
+``{"index": i, "result": ...}`` or ``{"index": i, "error": {...}}``, written as results arrive,
+so a crash of this command loses nothing already written. ``--resume`` skips the indexes
+already in the output. What the input and the output may be, and how a torn output is
+repaired: :mod:`.jsonl` and :mod:`.output`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from ..errors import RemoteTraceback, UsageError
+from ..errors import RemoteTraceback, StepdownError, UsageError
 from ..options import Options
+from .jsonl import MAX_LINE, Input
+from .output import Output, open_output
 
-__all__ = ["load_callable", "resume_state", "run_jsonl", "scan_input"]
+__all__ = ["load_callable", "run_jsonl"]
 
 
 def load_callable(spec: str) -> Callable[[Any], Any]:
@@ -31,8 +34,17 @@ def load_callable(spec: str) -> Callable[[Any], Any]:
         sys.path.insert(0, os.getcwd())
     try:
         target: Any = importlib.import_module(module_name)
-    except Exception as exc:
-        raise UsageError(f"cannot import module {module_name!r}: {exc}") from None
+    except KeyboardInterrupt:
+        raise
+    except SystemExit as exc:
+        raise UsageError(
+            f"cannot import module {module_name!r}: it called sys.exit({exc.code!r})"
+        ) from None
+    except BaseException as exc:  # the module's own code ran: whatever it raised is a bad module
+        detail = str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
+        raise UsageError(
+            f"cannot import module {module_name!r}: {' '.join(detail.splitlines())}"
+        ) from None
     for part in attr.split("."):
         try:
             target = getattr(target, part)
@@ -42,53 +54,6 @@ def load_callable(spec: str) -> Callable[[Any], Any]:
         raise UsageError(f"{spec!r} is not callable (it is a {type(target).__name__})")
     fn: Callable[[Any], Any] = target
     return fn
-
-
-def scan_input(path: str) -> int:
-    """Check every line of ``path`` is JSON; return the number of items. Blank lines are errors."""
-    count = 0
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                try:
-                    json.loads(line.rstrip("\r\n"))
-                except json.JSONDecodeError as exc:
-                    raise UsageError(
-                        f"{path}:{number}: not JSON ({exc.msg} at column {exc.colno})"
-                    ) from None
-                count += 1
-    except OSError as exc:
-        raise UsageError(f"cannot read input {path}: {exc.strerror or exc}") from None
-    return count
-
-
-def _items(path: str, skip: set[int]) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        for index, line in enumerate(handle):
-            if index not in skip:
-                yield index, json.loads(line)
-
-
-def resume_state(path: str) -> set[int]:
-    """Indexes already in the output. A last line cut short by a crash is removed from the file."""
-    done: set[int] = set()
-    if not os.path.exists(path):
-        return done
-    good = 0
-    with open(path, "rb") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-                index = record["index"]
-            except (ValueError, KeyError, TypeError):
-                break  # a torn write: everything from here is redone
-            if not line.endswith(b"\n"):
-                break
-            done.add(int(index))
-            good += len(line)
-    with open(path, "rb+") as handle:
-        handle.truncate(good)
-    return done
 
 
 class _Indexed:
@@ -111,14 +76,31 @@ def _error_record(exc: BaseException) -> dict[str, Any]:
     return {"type": type(exc).__name__, "message": str(exc), "traceback": text}
 
 
-def _line(index: int, value: Any, ok: bool) -> tuple[str, bool]:
-    if ok:
-        try:
-            return json.dumps({"index": index, "result": value}), True
-        except (TypeError, ValueError) as exc:
-            record = {"type": type(exc).__name__, "message": f"result is not JSON: {exc}"}
-            return json.dumps({"index": index, "error": record}), False
-    return json.dumps({"index": index, "error": _error_record(value)}), False
+def _line(index: int, value: Any, ok: bool) -> tuple[bytes, str | None]:
+    """The output line, and why the item failed (``None`` when it did not)."""
+    if not ok:
+        why = f"{type(value).__name__}: {value}".splitlines()[0]
+        return _dumps({"index": index, "error": _error_record(value)}), why
+    try:
+        line = _dumps({"index": index, "result": value})
+    except (TypeError, ValueError, RecursionError) as exc:
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        return _not_written(index, type(exc).__name__, f"result is not JSON: {detail}")
+    if len(line) > MAX_LINE:  # a line --resume could not read back
+        why = (
+            f"result is too large: {len(line)} bytes of JSON, "
+            f"more than the {MAX_LINE // 2**20} MiB a line may hold"
+        )
+        return _not_written(index, "ValueError", why)
+    return line, None
+
+
+def _not_written(index: int, kind: str, why: str) -> tuple[bytes, str]:
+    return _dumps({"index": index, "error": {"type": kind, "message": why}}), why
+
+
+def _dumps(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record) + "\n").encode("utf-8")
 
 
 def run_jsonl(
@@ -132,44 +114,73 @@ def run_jsonl(
     options: Options,
     stderr: IO[str],
 ) -> int:
-    """Run the job; return the exit code (0 all done, 1 some task failed)."""
+    """Run the job; return the exit code (0 all done, 1 some task failed, 2 it could not
+    finish: the results written are kept)."""
+    source = Input(input_path)
+    try:
+        output = open_output(output_path, resume=resume, input_stat=source.stat)
+        try:
+            if output.repairs:
+                print(f"stepdown: {output.repairs}", file=stderr)
+            source.check()
+            return _run(fn, source, output, errors, progress, options, stderr)
+        finally:
+            output.close()
+    finally:
+        source.close()
+
+
+def _run(
+    fn: Callable[[Any], Any],
+    source: Input,
+    output: Output,
+    errors: str,
+    progress: bool | None,
+    options: Options,
+    stderr: IO[str],
+) -> int:
     from ..api import start
     from ..runner.progress import progress_bar
 
-    total = scan_input(input_path)
-    done = resume_state(output_path) if resume else set()
-    if not resume and os.path.exists(output_path) and os.path.getsize(output_path):
-        raise UsageError(
-            f"{output_path} exists and is not empty: pass --resume to continue it, or remove it"
-        )
-    todo = total - len([i for i in done if i < total])
+    done = output.done
+    todo = source.count - len([i for i in done if i < source.count])
     # The runner numbers what it reads; this remembers which input line each number was.
     lines: list[int] = []
-    engine = start(_Indexed(fn), _Recorder(_items(input_path, done), lines), options)
-    failed = 0
+    engine = start(_Indexed(fn), _Recorder(source.items(done), lines), options)
+    failed = written = 0
     bar = progress_bar(todo, progress)
+    outcomes = iter(engine)
     try:
-        with open(output_path, "a", encoding="utf-8") as out:
-            outcomes = iter(engine)
-            for position, value, ok in outcomes:
-                index = lines[position]
-                line, good = _line(index, value, ok)
-                out.write(line + "\n")
-                out.flush()
-                if not good:
-                    failed += 1
-                    if errors == "raise":
-                        print(f"stepdown: item {index} failed: {_first_line(value)}", file=stderr)
-                        break
-                if bar is not None:
-                    bar.update(1)
-            outcomes.close()  # after a break: cancel what is queued, free the executor
+        for position, value, ok in outcomes:
+            index = lines[position]
+            line, why = _line(index, value, ok)
+            try:
+                output.write(line)
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot write output {output.name}: {exc.strerror or exc}"
+                ) from None
+            written += 1
+            if why is not None:
+                failed += 1
+                if errors == "raise":
+                    print(f"stepdown: item {index} failed: {why}", file=stderr)
+                    break
+            if bar is not None:
+                bar.update(1)
+    except StepdownError as exc:
+        kept = f"{written} results written to {output.name} by this run"
+        if output.is_file:
+            kept = f"the {kept} are kept: run again with --resume to finish"
+        print(f"stepdown: {' '.join(str(exc).splitlines())}; {kept}", file=stderr)
+        return 2
     finally:
+        outcomes.close()  # after a break or a failure: cancel what is queued, free the executor
         if bar is not None:
             bar.close()
     print(str(engine.report), file=stderr)
     if done:
-        print(f"resumed: {len(done)} items were already in {output_path}", file=stderr)
+        print(f"resumed: {len(done)} items were already in {output.name}", file=stderr)
     return 1 if failed else 0
 
 
@@ -187,9 +198,3 @@ class _Recorder:
         pair = next(self.source)
         self.pairs.append(pair[0])
         return pair
-
-
-def _first_line(value: Any) -> str:
-    if isinstance(value, BaseException):
-        return f"{type(value).__name__}: {value}".splitlines()[0]
-    return "result is not JSON"
