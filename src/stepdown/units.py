@@ -1,10 +1,18 @@
-"""Sizes and fractions as people write them: ``"1.5GiB"``, ``"512 MB"``, ``"15%"``."""
+"""Sizes and fractions as people write them (``"1.5GiB"``, ``"512 MB"``, ``"15%"``), and values
+shown in messages.
+
+A size is at most :data:`MAX_SIZE` (1 EiB): no machine has more, and a bound keeps a typo such as
+a 400-digit byte count from overflowing a float or printing as a wall of digits.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 
-__all__ = ["format_size", "parse_fraction", "parse_size"]
+__all__ = ["MAX_SIZE", "format_size", "parse_fraction", "parse_size", "shown"]
+
+MAX_SIZE = 1024**6
 
 _UNITS = {
     "": 1,
@@ -30,17 +38,26 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_size(value: str | int | float) -> int:
-    """Bytes from ``"1.5GiB"``, ``"300M"``, ``"1024"`` or a number. Raises ``ValueError``."""
+    """Bytes from ``"1.5GiB"``, ``"300M"``, ``"1024"`` or a number, at most :data:`MAX_SIZE`.
+    Raises ``ValueError``."""
     if isinstance(value, bool):
         raise ValueError(f"not a size: {value!r}")
+    number: int | float
     if isinstance(value, (int, float)):
-        if value < 0 or value != value or value == float("inf"):
-            raise ValueError(f"a size cannot be {value!r}")
-        return int(value)
-    match = _SIZE.match(value)
-    if match is None or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"not a size: {value!r} (write e.g. '1.5GiB', '512MB' or a byte count)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+        if value < 0 or value != value:
+            raise ValueError(f"a size cannot be {shown(value)}")
+        number = value
+    else:
+        match = _SIZE.match(value)
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise ValueError(
+                f"not a size: {shown(value)} (write e.g. '1.5GiB', '512MB' or a byte count)"
+            )
+        # A float: 400 digits overflow to inf, which the bound below refuses.
+        number = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not number <= MAX_SIZE:
+        raise ValueError(f"a size must be at most 1 EiB ({MAX_SIZE} bytes), not {shown(value)}")
+    return int(number)
 
 
 def parse_fraction(value: str | int | float) -> float:
@@ -52,21 +69,40 @@ def parse_fraction(value: str | int | float) -> float:
         try:
             number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
         except ValueError:
-            raise ValueError(f"not a fraction: {value!r} (write e.g. '15%' or 0.15)") from None
+            raise ValueError(f"not a fraction: {shown(value)} (write e.g. '15%' or 0.15)") from None
     else:
-        number = float(value)
+        number = float(value) if not isinstance(value, int) or abs(value) < 2**64 else math.inf
     if not 0 <= number < 1:
-        raise ValueError(f"a fraction must be at least 0 and below 1 (100%), not {value!r}")
+        raise ValueError(f"a fraction must be at least 0 and below 1 (100%), not {shown(value)}")
     return number
 
 
+_SHOWN_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
 def format_size(n: int | float | None) -> str:
-    """``1610612736`` → ``"1.5 GiB"``."""
+    """``1610612736`` → ``"1.5 GiB"``; beyond the largest unit, ``"8.27e+66 EiB"``, never a wall
+    of digits (a cgroup's "no limit" reads as about 8 EiB)."""
     if n is None:
         return "unknown"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    try:
+        size = float(n)
+    except OverflowError:  # an integer beyond any float
+        size = math.inf if n > 0 else -math.inf
+    for unit in _SHOWN_UNITS:
+        if abs(size) < 1024 or unit == _SHOWN_UNITS[-1]:
+            break
         size /= 1024
-    raise AssertionError("unreachable")
+    if unit == "B":
+        return f"{size:.0f} B"
+    return f"{size:.1f} {unit}" if abs(size) < 10_000 else f"{size:.3g} {unit}"
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters: a value read from a file or
+    a variable may be a megabyte long, an integer too long to print, or nested too deeply."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return "(too deeply nested or too long to show)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -36,7 +36,10 @@ from typing import Any
 
 from ..errors import UsageError
 from ..planning.resources import tree_rss
+from ..units import shown
 from .grant import Grant
+from .location import Location, locate, runtime_root
+from .settings import ENV_SIZE, MAX_SLOTS, host_workers
 from .slots import (
     HOLDINGS,
     LABEL_MAX,
@@ -50,46 +53,59 @@ from .slots import (
     open_directory,
     open_slot,
     read_record,
-    runtime_root,
     slot_key,
     write_record,
 )
-from .status import BudgetStatus, SlotStatus
+from .status import BudgetStatus, SlotStatus, grant_line
 
 __all__ = ["DEFAULT_NAME", "ENV_SIZE", "Budget", "runtime_root"]
 
 log = logging.getLogger("stepdown")
 
-ENV_SIZE = "STEPDOWN_HOST_WORKERS"
 DEFAULT_NAME = "default"
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 _OVER_MAX = 4096
-_PIDS_SHOWN = 8
 
 
 class Budget:
-    """A host-wide budget of ``size`` worker slots in ``<root>/<name>/``.
+    """A host-wide budget of ``size`` worker slots (at most :data:`MAX_SLOTS`) in
+    ``<root>/<name>/``.
 
     ``size`` is usually the CPUs the caller measured (cgroup-aware); see :meth:`from_env`.
     Budgets of other names never share slots; instances that use one name with different sizes
     share the slot files they have in common, each taking at most its own ``size``.
+
+    Without ``root``, the root is found by :func:`~stepdown.budget.location.locate` from
+    ``environ``; ``finding`` then says why it is not the usual place, and ``counting`` is False
+    when no safe place was found: such a budget grants every slot asked and holds none.
     """
 
     def __init__(
-        self, size: int, *, name: str = DEFAULT_NAME, root: str | os.PathLike[str] | None = None
+        self,
+        size: int,
+        *,
+        name: str = DEFAULT_NAME,
+        root: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise UsageError(f"a host budget needs a size of at least 1 slot, not {size!r}")
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SLOTS:
+            raise UsageError(
+                f"a host budget needs a size of at least 1 slot and at most {MAX_SLOTS}, "
+                f"not {shown(size)}"
+            )
         if not isinstance(name, str) or not _NAME.match(name):
             raise UsageError(
                 f"a host budget name is letters, digits, '_', '-' and '.' (not first), "
-                f"at most 100 characters, not {name!r}"
+                f"at most 100 characters, not {shown(name)}"
             )
+        where = Location(Path(root).absolute()) if root is not None else locate(environ)
         self.size = size
         self.name = name
-        self.root = Path(root).absolute() if root is not None else runtime_root()
+        self.root = where.root
         self.directory = self.root / name
+        self.finding = where.finding
+        self.counting = where.usable
 
     @classmethod
     def from_env(
@@ -100,22 +116,15 @@ class Budget:
         name: str = DEFAULT_NAME,
         root: str | os.PathLike[str] | None = None,
     ) -> Budget:
-        """A budget of ``STEPDOWN_HOST_WORKERS`` slots if set, else of ``default_size``.
+        """A budget of ``STEPDOWN_HOST_WORKERS`` slots if set, else of ``default_size`` (at
+        most :data:`MAX_SLOTS`).
 
         Pass the policy's ``budget.size`` when it has one, else the CPUs the caller measured
         (cgroup-aware): the environment beats a policy file, as everywhere in stepdown.
         """
         env = os.environ if environ is None else environ
-        text = env.get(ENV_SIZE, "").strip()
-        size = max(1, default_size)
-        if text:
-            try:
-                size = int(text)
-            except ValueError:
-                size = 0
-            if size < 1:
-                raise UsageError(f"{ENV_SIZE} must be a whole number of slots >= 1, not {text!r}")
-        return cls(size, name=name, root=root if root is not None else runtime_root(env))
+        size = host_workers(env, min(max(1, default_size), MAX_SLOTS))
+        return cls(size, name=name, root=root, environ=env)
 
     def __repr__(self) -> str:
         return f"Budget(size={self.size}, name={self.name!r}, directory={str(self.directory)!r})"
@@ -151,6 +160,8 @@ class Budget:
         ):
             raise UsageError(f"wait must be a number of seconds >= 0, not {wait!r}")
         label = label[:LABEL_MAX]
+        if not self.counting:  # no safe place for slot files: run as if there were no budget
+            return Grant.unheld(n, memory, label)
         deadline = time.monotonic() + wait
         delay = 0.01
         waiting = False
@@ -178,7 +189,7 @@ class Budget:
             slots, asked=n, memory_per_slot=memory, label=label, over_budget=over, started=started
         )
         if log.isEnabledFor(logging.INFO):
-            self._log_grant(grant, holders)
+            log.info("budget: %s", grant_line(grant, holders, self.size))
         return grant
 
     def _take(
@@ -215,12 +226,13 @@ class Budget:
                     names = busy
                     time.sleep(0.002)
                 if log.isEnabledFor(logging.INFO):
-                    for i in range(self.size):
-                        name = f"slot-{i}"
-                        if name not in holders:
-                            status = self._probe(dir_fd, name, f"{self.directory}/{name}")
-                            if status is not None:
-                                holders[name] = status.pid
+                    for name in _slot_files(dir_fd):
+                        over, index = slot_key(name)
+                        if over or index >= self.size or name in holders:
+                            continue
+                        status = self._probe(dir_fd, name, f"{self.directory}/{name}")
+                        if status is not None:
+                            holders[name] = status.pid
             except BaseException:
                 for slot in taken:
                     drop(slot)
@@ -276,28 +288,6 @@ class Budget:
                 os.close(dir_fd)
         return Slot("", "", -1)
 
-    def _log_grant(self, grant: Grant, holders: dict[str, int | None]) -> None:
-        held = len(holders)
-        pids = sorted({pid for pid in holders.values() if pid is not None})
-        if grant.over_budget:
-            pids = sorted({*pids, os.getpid()})
-        shown = ", ".join(map(str, pids[:_PIDS_SHOWN])) + (
-            ", ..." if len(pids) > _PIDS_SHOWN else ""
-        )
-        by = f" by pids {shown}" if pids else ""
-        over = " over the budget" if grant.over_budget else ""
-        plural = "" if grant.asked == 1 else "s"
-        log.info(
-            "budget: asked for %d worker slot%s, granted %d%s (%d of %d held%s)",
-            grant.asked,
-            plural,
-            grant.count,
-            over,
-            held,
-            self.size,
-            by,
-        )
-
     # ---- reading ----------------------------------------------------------------------
 
     def _open_dir(self, create: bool) -> int | None:
@@ -340,13 +330,10 @@ class Budget:
         """Who holds which slot now. Reads without taking any slot; creates nothing."""
         held: list[SlotStatus] = []
         with HOLDINGS.lock:
-            dir_fd = self._open_dir(create=False)
+            dir_fd = self._open_dir(create=False) if self.counting else None
             if dir_fd is not None:
                 try:
-                    names = {f"slot-{i}" for i in range(self.size)}
-                    with contextlib.suppress(OSError):
-                        names.update(n for n in os.listdir(dir_fd) if SLOT_FILE.match(n))
-                    for name in sorted(names, key=slot_key):
+                    for name in _slot_files(dir_fd):
                         seen = self._probe(dir_fd, name, f"{self.directory}/{name}")
                         if seen is not None:
                             held.append(seen)
@@ -374,6 +361,8 @@ class Budget:
             "name": self.name,
             "directory": str(self.directory),
             "size": self.size,
+            "counting": self.counting,
+            "finding": self.finding,
             "status": None,
             "error": None,
         }
@@ -382,3 +371,11 @@ class Budget:
         except UsageError as exc:
             out["error"] = str(exc)
         return out
+
+
+def _slot_files(dir_fd: int) -> list[str]:
+    """The slot files in the directory, in order: only a file that exists can be held, so a
+    pass is as long as the files there, not as the budget's size."""
+    with contextlib.suppress(OSError):
+        return sorted((n for n in os.listdir(dir_fd) if SLOT_FILE.match(n)), key=slot_key)
+    return []

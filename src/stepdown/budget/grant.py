@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from types import TracebackType
 from typing import Any
@@ -40,6 +41,20 @@ class Grant:
         self._started = started
         self._pid = os.getpid()
         self._finalizer = weakref.finalize(self, free, slots, self._pid)
+
+    @classmethod
+    def unheld(cls, n: int, memory_per_slot: int, label: str) -> Grant:
+        """``n`` slots that no file backs: what a budget with no safe place for its files
+        grants, so that the run goes on as if there were no budget."""
+        slots = [Slot("", "", -1) for _ in range(n)]
+        return cls(
+            slots,
+            asked=n,
+            memory_per_slot=memory_per_slot,
+            label=label,
+            over_budget=False,
+            started=time.time(),
+        )
 
     @property
     def count(self) -> int:

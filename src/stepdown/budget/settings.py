@@ -7,12 +7,25 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import UsageError
+from ..units import shown
 
-__all__ = ["ENV_SWITCH", "ON_EXHAUSTED", "BudgetSettings", "OnExhausted"]
+__all__ = [
+    "ENV_SIZE",
+    "ENV_SWITCH",
+    "MAX_SLOTS",
+    "ON_EXHAUSTED",
+    "BudgetSettings",
+    "OnExhausted",
+    "host_workers",
+]
 
 OnExhausted = Literal["step-down", "wait"]
 ON_EXHAUSTED: tuple[OnExhausted, ...] = ("step-down", "wait")
 ENV_SWITCH = "STEPDOWN_BUDGET"
+ENV_SIZE = "STEPDOWN_HOST_WORKERS"
+# The most slots a budget may have: a slot is a concurrent task and a file, and a pass over a
+# full budget opens every one. As many as Linux allows CPUs (NR_CPUS).
+MAX_SLOTS = 8192
 
 _ON = ("1", "on", "true", "yes")
 _OFF = ("0", "off", "false", "no")
@@ -45,3 +58,18 @@ class BudgetSettings:
         if switch:
             raise UsageError(f"{ENV_SWITCH}: expected on or off, not {switch!r}")
         return self.enabled
+
+
+def host_workers(environ: Mapping[str, str], default: int) -> int:
+    """The budget's size: ``STEPDOWN_HOST_WORKERS`` if set, else ``default``. Raises
+    :class:`UsageError` for a value that is not a whole number from 1 to :data:`MAX_SLOTS`."""
+    text = environ.get(ENV_SIZE, "").strip()
+    if not text:
+        return default
+    # The length keeps int() cheap on a megabyte of digits, which is out of range anyway.
+    size = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else 0
+    if not 1 <= size <= MAX_SLOTS:
+        raise UsageError(
+            f"{ENV_SIZE} must be a whole number of slots from 1 to {MAX_SLOTS}, not {shown(text)}"
+        )
+    return size

@@ -30,13 +30,11 @@ import math
 import os
 import re
 import stat
-import tempfile
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import UsageError
+from .location import runtime_root
 
 __all__ = [
     "HOLDINGS",
@@ -69,25 +67,6 @@ _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO planted under a slot's name must not block the open.
 OPEN_SLOT = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def runtime_root(environ: Mapping[str, str] | None = None) -> Path:
-    """Where budgets live: ``$XDG_RUNTIME_DIR/stepdown``, else ``<tempdir>/stepdown-<uid>``.
-
-    ``XDG_RUNTIME_DIR`` is used only when it is an absolute path to a directory of the current
-    user: ``sudo`` often keeps another user's, and budgets must not land there.
-    """
-    env = os.environ if environ is None else environ
-    xdg = env.get("XDG_RUNTIME_DIR", "")
-    if os.path.isabs(xdg):
-        try:
-            st = os.stat(xdg)
-        except OSError:
-            pass
-        else:
-            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
-                return Path(xdg) / "stepdown"
-    return Path(tempfile.gettempdir()) / f"stepdown-{os.geteuid()}"
 
 
 class Holdings:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["BudgetStatus", "SlotStatus"]
+if TYPE_CHECKING:
+    from .grant import Grant
+
+__all__ = ["BudgetStatus", "SlotStatus", "grant_line"]
+
+_PIDS_SHOWN = 8
 
 
 @dataclass(frozen=True)
@@ -70,3 +76,19 @@ class BudgetStatus:
             "reserved_memory": self.reserved_memory,
             "slots": [s.to_dict() for s in self.held],
         }
+
+
+def grant_line(grant: Grant, holders: dict[str, int | None], size: int) -> str:
+    """``"asked for 2 worker slots, granted 1 (2 of 4 held by pids 10, 11)"``: what a pass
+    over the slots found, for the log. ``holders``: slot name -> holder pid seen."""
+    pids = sorted({pid for pid in holders.values() if pid is not None})
+    if grant.over_budget:
+        pids = sorted({*pids, os.getpid()})
+    listed = ", ".join(map(str, pids[:_PIDS_SHOWN])) + (", ..." if len(pids) > _PIDS_SHOWN else "")
+    by = f" by pids {listed}" if pids else ""
+    over = " over the budget" if grant.over_budget else ""
+    plural = "" if grant.asked == 1 else "s"
+    return (
+        f"asked for {grant.asked} worker slot{plural}, granted {grant.count}{over} "
+        f"({len(holders)} of {size} held{by})"
+    )

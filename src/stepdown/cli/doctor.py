@@ -81,6 +81,8 @@ class DoctorReport:
             lines.append(f"  {'':<11} ray cluster: {_ray_line(self.ray)}")
         if self.budget is not None:
             lines += ["", "host budget", f"  {_budget_line(self.budget)}"]
+            if self.budget.get("finding"):
+                lines.append(f"  finding: {self.budget['finding']}")
         lines += [
             "",
             "policy",
@@ -113,6 +115,10 @@ def _ray_line(status: Mapping[str, Any]) -> str:
 def _budget_line(status: Mapping[str, Any]) -> str:
     if status.get("error"):
         return f"unavailable: {status['error']}"
+    if status.get("counting") is False:
+        return (
+            "not counting: no safe place for its files, so every rung gets the workers it asks for"
+        )
     held = status.get("status") or {}
     slots = held.get("slots") or []
     pids = sorted({s.get("pid") for s in slots if s.get("pid") is not None})

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..units import parse_size
+from ..units import parse_size, shown
 from .cgroup import (
     CONTROLLERS,
     Cgroup,
@@ -177,26 +177,36 @@ def environment(
     )
 
 
-def _count(minimum: int) -> Callable[[str], int]:
+# The largest figures an override may give: Linux's largest CPU count (NR_CPUS), and its
+# largest threads-max. Beyond them a value is a typo, and the budget and the pools are sized
+# from these figures.
+_MAX_CPUS = 8192
+_MAX_TASKS_LEFT = 2**30
+
+
+def _count(minimum: int, maximum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        if not text.isdigit() or int(text) < minimum:
-            raise ValueError(f"expected a whole number of at least {minimum}")
+        # isascii: int() also takes other scripts' digits; the length keeps int() cheap.
+        whole = text.isascii() and text.isdigit() and len(text) <= 20
+        if not whole or not minimum <= int(text) <= maximum:
+            raise ValueError(f"expected a whole number from {minimum} to {maximum}")
         return int(text)
 
     return parse
 
 
 _OVERRIDES: Mapping[str, Callable[[str], int]] = {
-    "STEPDOWN_CPUS": _count(1),
+    "STEPDOWN_CPUS": _count(1, _MAX_CPUS),
     "STEPDOWN_MEMORY": parse_size,
     "STEPDOWN_MEMORY_LIMIT": parse_size,
-    "STEPDOWN_TASKS_LEFT": _count(0),
+    "STEPDOWN_TASKS_LEFT": _count(0, _MAX_TASKS_LEFT),
     "STEPDOWN_SHM": parse_size,
 }
 
 
 def override(environ: Mapping[str, str], name: str) -> Reading | None:
-    """The figure an environment variable forces, or ``None`` when unset or malformed."""
+    """The figure an environment variable forces, or ``None`` when unset, malformed or out of
+    range (sizes: at most 1 EiB)."""
     text = environ.get(name, "").strip()
     if not text:  # `STEPDOWN_CPUS= cmd` unsets it, as shells users expect
         return None
@@ -204,7 +214,7 @@ def override(environ: Mapping[str, str], name: str) -> Reading | None:
         return Reading(_OVERRIDES[name](text), name)
     except ValueError as exc:
         # A typo must not stop a run: warn, and measure instead.
-        _log.warning("ignoring %s=%r: %s; measuring that figure instead", name, text, exc)
+        _log.warning("ignoring %s=%s: %s; measuring that figure instead", name, shown(text), exc)
         return None
 
 

@@ -19,6 +19,7 @@ from ..backends.registry import (
     last_backend,
 )
 from ..errors import UsageError
+from ..units import shown
 
 __all__ = ["START_METHODS", "Rung", "ending_last", "parse_ladder", "parse_rung"]
 
@@ -54,7 +55,7 @@ class Rung:
 
 def _unknown_backend(name: object, where: str) -> UsageError:
     names = ", ".join(backend_names())
-    return UsageError(f"{where}: unknown backend {name!r}; known backends: {names}")
+    return UsageError(f"{where}: unknown backend {shown(name)}; known backends: {names}")
 
 
 def _parse_workers(value: object, where: str) -> int | None:
@@ -65,11 +66,11 @@ def _parse_workers(value: object, where: str) -> int | None:
             value = int(value)
         except ValueError:
             raise UsageError(
-                f"{where}: workers must be a positive whole number or 'auto', not {value!r}"
+                f"{where}: workers must be a positive whole number or 'auto', not {shown(value)}"
             ) from None
     if isinstance(value, bool) or not isinstance(value, int):
         raise UsageError(
-            f"{where}: workers must be a positive whole number or 'auto', not {value!r}"
+            f"{where}: workers must be a positive whole number or 'auto', not {shown(value)}"
         )
     if value <= 0:
         raise UsageError(f"{where}: workers must be at least 1, not {value}")
@@ -102,20 +103,20 @@ def parse_rung(spec: str | Mapping[str, Any] | Rung, where: str = "rung") -> Run
         for key, value in table.items():
             if key not in allowed:
                 raise UsageError(
-                    f"{where}: unknown option {key!r} for backend {name!r}; "
+                    f"{where}: unknown option {shown(key)} for backend {shown(name)}; "
                     f"allowed: backend, workers{''.join(', ' + k for k in allowed)}"
                 )
             expected = allowed[key]
             if isinstance(value, bool) and expected is not bool:
-                raise UsageError(f"{where}.{key}: unexpected value {value!r}")
+                raise UsageError(f"{where}.{key}: unexpected value {shown(value)}")
             if not isinstance(value, expected):
-                raise UsageError(f"{where}.{key}: unexpected value {value!r}")
+                raise UsageError(f"{where}.{key}: unexpected value {shown(value)}")
             if expected is int and isinstance(value, int) and value < 0:
                 raise UsageError(f"{where}.{key}: must be 0 or more, not {value}")
         method = table.get("start_method")
         if method is not None and method not in START_METHODS:
             raise UsageError(
-                f"{where}.start_method: {method!r} is not one of {', '.join(START_METHODS)}"
+                f"{where}.start_method: {shown(method)} is not one of {', '.join(START_METHODS)}"
             )
         return Rung(name, 1 if info(name).single else workers, table)
     raise UsageError(

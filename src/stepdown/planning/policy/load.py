@@ -15,6 +15,7 @@ built-in ``kaggle`` whole). The format is documented in ``docs/policy.md``.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,16 +28,35 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from ...errors import PolicyError
+from ...units import format_size, shown
 from ..resources import Resources, probe
 from .model import Policy, Profile
 from .parse import builtin, describe, parse_document, profile_names
 
-__all__ = ["AUTO_SERVER_MIN_CPUS", "PolicySpec", "choose_profile", "load_policy"]
+__all__ = [
+    "AUTO_SERVER_MIN_CPUS",
+    "MAX_POLICY_BYTES",
+    "PolicySpec",
+    "choose_profile",
+    "load_policy",
+]
 
 # What `auto` picks, checked in this order: Ray, Kaggle, a big host, else a laptop.
 AUTO_SERVER_MIN_CPUS = 16
 
 PolicySpec = str | os.PathLike[str] | Mapping[str, Any] | Policy | None
+
+# A policy is a few KiB; the bound keeps /dev/zero or a wrong multi-gigabyte file out of memory.
+MAX_POLICY_BYTES = 1024**2
+
+# What a path may name instead of a regular file, as a message says it.
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def load_policy(
@@ -68,12 +88,13 @@ def load_policy(
         return _merge(_load_file(path, "", f"STEPDOWN_POLICY ({path})"))
     if base is None:  # the working directory was deleted: it holds no policy
         return builtin()
+    # exists(), not is_file(): a FIFO or a directory by that name is refused, not passed over.
     local = base / "stepdown.toml"
-    if local.is_file():
+    if local.exists():
         path = str(local.absolute())
         return _merge(_load_file(path, "", f"stepdown.toml ({path})"))
     pyproject = base / "pyproject.toml"
-    if pyproject.is_file():
+    if pyproject.exists():
         path = str(pyproject.absolute())
         found = _load_file(path, "tool.stepdown", f"pyproject.toml [tool.stepdown] ({path})")
         if found is not None:
@@ -104,12 +125,7 @@ _FILE_CACHE_SIZE = 32
 def _load_file(path: str, section: str, label: str) -> Policy | None:
     """Parse one TOML file; ``section`` (``"tool.stepdown"``) selects a table in it, and its
     absence gives ``None``."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
-        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise PolicyError(f"cannot read the policy file: {message}", path) from None
+    data = _read(path)
     key = (path, section, label, data)
     if key in _FILE_CACHE:
         return _FILE_CACHE[key]
@@ -123,6 +139,10 @@ def _load_file(path: str, section: str, label: str) -> Policy | None:
         document: Mapping[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"not valid TOML: {exc}", path) from None
+    except RecursionError:  # the TOML reader recurses once per level of nested arrays or tables
+        raise PolicyError(
+            "arrays or tables nested too deeply to read; a policy needs a few levels", path
+        ) from None
     table: Any = document
     prefix = ""
     if section:
@@ -137,6 +157,42 @@ def _load_file(path: str, section: str, label: str) -> Policy | None:
         _FILE_CACHE.clear()
     _FILE_CACHE[key] = result
     return result
+
+
+def _read(path: str) -> bytes:
+    """The file's bytes, if it is a regular file of at most :data:`MAX_POLICY_BYTES`.
+
+    O_NONBLOCK: opening a FIFO waits for a writer; this way it opens at once, and is refused.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PolicyError(f"cannot read the policy file: {message}", path) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _KINDS.get(stat.S_IFMT(mode), "a special file")
+            raise PolicyError(
+                f"cannot read the policy file: it is {kind}, not a regular file", path
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_POLICY_BYTES:
+            chunk = os.read(fd, MAX_POLICY_BYTES + 1 - size)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise PolicyError(f"cannot read the policy file: {exc.strerror or exc}", path) from None
+    finally:
+        os.close(fd)
+    raise PolicyError(
+        f"larger than {format_size(MAX_POLICY_BYTES)}; a policy is a few KiB of TOML "
+        "(is this the right file?)",
+        path,
+    )
 
 
 def _merge(user: Policy | None) -> Policy:
@@ -175,7 +231,8 @@ def choose_profile(
         origin = f"auto: {why}" if origin == "built-in" else f"{origin} = auto; {why}"
     if name not in policy.profiles:
         raise PolicyError(
-            f"unknown profile {name!r}; known profiles: {profile_names(policy.profiles)}", origin
+            f"unknown profile {shown(name)}; known profiles: {profile_names(policy.profiles)}",
+            origin,
         )
     return policy.profiles[name], origin
 

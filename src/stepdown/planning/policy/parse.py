@@ -21,9 +21,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-from ...budget.settings import ON_EXHAUSTED, BudgetSettings
+from ...budget.settings import MAX_SLOTS, ON_EXHAUSTED, BudgetSettings
 from ...errors import PolicyError
-from ...units import parse_fraction, parse_size
+from ...units import parse_fraction, parse_size, shown
 from ..rung import Rung, ending_last, parse_rung
 from .model import DEFAULT_MEMORY_HEADROOM, ENVIRONMENTS, Conditions, Policy, Profile, Rule
 
@@ -64,25 +64,16 @@ def profile_names(profiles: Mapping[str, Profile]) -> str:
     return ", ".join(["auto", *sorted(profiles)])
 
 
-def _show(value: object) -> str:
-    """``repr`` for messages: short, and safe for an integer too long to print."""
-    try:
-        text = repr(value)
-    except ValueError:
-        return "(too long to show)"
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def describe(value: object) -> str:
     """What a value is, for a message: ``an integer (3)``, ``a table``, ..."""
     if isinstance(value, bool):
         return f"a boolean ({value!r})"
     if isinstance(value, int):
-        return f"an integer ({_show(value)})"
+        return f"an integer ({shown(value)})"
     if isinstance(value, float):
         return f"a float ({value!r})"
     if isinstance(value, str):
-        return f"a string ({_show(value)})"
+        return f"a string ({shown(value)})"
     if isinstance(value, Mapping):
         return "a table"
     if isinstance(value, (list, tuple)):
@@ -98,27 +89,31 @@ def _table(value: object, source: str, where: str) -> Mapping[Any, Any]:
     return value
 
 
+def _part(key: object) -> str:
+    """A key as a part of a key path: itself if it is a short string, else shown."""
+    return key if isinstance(key, str) and len(key) <= 40 else shown(key)
+
+
 def _check_keys(
     table: Mapping[Any, Any], allowed: tuple[str, ...], source: str, where: str
 ) -> None:
     for key in table:
         if key not in allowed:
             raise PolicyError(
-                f"unknown key {_show(key)}; allowed: {', '.join(allowed)}",
+                f"unknown key {shown(key)}; allowed: {', '.join(allowed)}",
                 source,
-                f"{where}.{key}" if where else str(key),
+                f"{where}.{_part(key)}" if where else _part(key),
             )
 
 
-def _int(value: object, minimum: int, source: str, where: str) -> int:
+def _int(value: object, minimum: int, source: str, where: str, maximum: int | None = None) -> int:
+    expected = f"a whole number >= {minimum}" + (
+        f" and <= {maximum}" if maximum is not None else ""
+    )
     if isinstance(value, bool) or not isinstance(value, int):
-        raise PolicyError(
-            f"expected a whole number >= {minimum}, found {describe(value)}", source, where
-        )
-    if value < minimum:
-        raise PolicyError(
-            f"expected a whole number >= {minimum}, not {_show(value)}", source, where
-        )
+        raise PolicyError(f"expected {expected}, found {describe(value)}", source, where)
+    if value < minimum or (maximum is not None and value > maximum):
+        raise PolicyError(f"expected {expected}, not {shown(value)}", source, where)
     return value
 
 
@@ -151,10 +146,10 @@ def parse_document(document: object, source: str, prefix: str, label: str) -> Po
     raw_profiles = _table(top.get("profiles", {}), source, prefix + "profiles")
     profiles: dict[str, Profile] = {}
     for name, body in raw_profiles.items():
-        where = f"{prefix}profiles.{name}"
+        where = f"{prefix}profiles.{_part(name)}"
         if not isinstance(name, str) or not _PROFILE_NAME.match(name):
             raise PolicyError(
-                f"a profile name is letters, digits, '-' and '_', not {_show(name)}",
+                f"a profile name is letters, digits, '-' and '_', not {shown(name)}",
                 source,
                 where,
             )
@@ -169,7 +164,7 @@ def parse_document(document: object, source: str, prefix: str, label: str) -> Po
         known = {**builtin().profiles, **profiles} if source != BUILTIN_SOURCE else profiles
         if default not in known:
             raise PolicyError(
-                f"unknown profile {default!r}; known profiles: {profile_names(known)}",
+                f"unknown profile {shown(default)}; known profiles: {profile_names(known)}",
                 source,
                 prefix + "profile",
             )
@@ -266,7 +261,7 @@ def _budget(value: object, source: str, where: str) -> BudgetSettings:
             )
         found["enabled"] = table["enabled"]
     if "size" in table:
-        found["size"] = _int(table["size"], 1, source, f"{where}.size")
+        found["size"] = _int(table["size"], 1, source, f"{where}.size", MAX_SLOTS)
     if "on_exhausted" in table:
         if table["on_exhausted"] not in ON_EXHAUSTED:
             raise PolicyError(
