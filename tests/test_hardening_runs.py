@@ -200,3 +200,40 @@ def test_a_task_that_exits_0_is_named_not_blamed_on_sigterm(
     assert [r for i, r in enumerate(run.results) if i != 3] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
     assert "exited with code 0" in caplog.text
     assert "SIGTERM" not in caplog.text
+
+
+def test_a_worker_killed_while_the_pool_starts_gets_one_fresh_pool(tmp_path: Path) -> None:
+    """SIGKILL of a loky worker before the pool's first answer: the rung starts a fresh pool,
+    as after a death during the run, instead of stepping down at once."""
+    done = _script(
+        tmp_path,
+        """
+        import logging, os, threading, time
+        import psutil
+        import stepdown
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        me = psutil.Process()
+        killed = []
+
+        def killer():
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not killed:
+                for child in me.children(recursive=True):
+                    try:
+                        if "LokyProcess" in " ".join(child.cmdline()):
+                            os.kill(child.pid, 9)
+                            killed.append(child.pid)
+                            break
+                    except psutil.Error:
+                        pass
+                time.sleep(0.001)
+
+        threading.Thread(target=killer, daemon=True).start()
+        run = stepdown.run(abs, range(8), ladder=["loky:2", "sequential"], reuse=False)
+        print(len(killed), run.results == list(range(8)), run.report.final_rung)
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "True", "loky(2)"]
+    assert "a worker died while the pool started; starting a fresh pool" in done.stderr
+    assert "could not start" not in done.stderr

@@ -11,6 +11,7 @@ forgets its parent's.
 from __future__ import annotations
 
 import atexit
+import logging
 import multiprocessing.util
 import os
 import threading
@@ -18,10 +19,14 @@ from collections import OrderedDict
 from collections.abc import Hashable
 
 from ..backends.base import Backend
+from ..backends.failures import classify
 from ..backends.registry import load_backend
+from ..errors import Reason
 from ..planning.rung import Rung
 
 __all__ = ["acquire", "release", "shutdown_all"]
+
+log = logging.getLogger("stepdown")
 
 _IDLE_MAX = 2
 _idle: OrderedDict[Hashable, Backend] = OrderedDict()
@@ -48,15 +53,26 @@ def acquire(
                 backend.stall_timeout = stall_timeout
                 return backend, True
             backend.abandon()
-    cls = load_backend(rung.backend)
-    backend = cls(workers, rung.options)
+    try:
+        return _started(rung, workers, stall_timeout), False
+    except BaseException as exc:
+        # A worker that died while its pool started gets the one fresh pool a worker death
+        # during the run gets; any other failure to start steps down at once.
+        if classify(exc) is not Reason.WORKER_DIED or not int(rung.options.get("restarts", 1)):
+            raise
+        log.warning("%s: a worker died while the pool started; starting a fresh pool", rung.backend)
+    return _started(rung, workers, stall_timeout), False
+
+
+def _started(rung: Rung, workers: int, stall_timeout: float) -> Backend:
+    backend = load_backend(rung.backend)(workers, rung.options)
     backend.stall_timeout = stall_timeout
     try:
         backend.start()
     except BaseException:
         backend.abandon()
         raise
-    return backend, False
+    return backend
 
 
 def release(backend: Backend, rung: Rung, reuse: bool = True) -> None:
