@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any
 
@@ -44,7 +44,8 @@ class PoolBackend(Backend):
         # wait for its start-up data forever, and the interpreter's exit would wait for it.
         before = set(multiprocessing.active_children())
         try:
-            self._start()
+            with _sigint_blocked():
+                self._start()
         finally:
             self._children = [p for p in multiprocessing.active_children() if p not in before]
 
@@ -160,6 +161,22 @@ class PoolBackend(Backend):
         if self._pool is not None and not self.closed:
             self._pool.shutdown(wait=True)
         self.closed = True
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT held back in this thread while workers start: a worker forked from it inherits
+    the mask and ignores the signal before it unblocks it (:mod:`.worker`), so a Ctrl-C that
+    lands while it starts is the caller's alone, delivered to it once the pool is up. (loky
+    spawns its workers from threads of its own, which this does not reach.)"""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _alive(process: Any) -> bool:

@@ -1,9 +1,11 @@
 """What every worker process of a ``process`` or ``loky`` pool does first (standard library
 only: it runs in the worker before anything else is imported).
 
-- It ignores SIGINT. A Ctrl-C at a terminal goes to the whole process group; the caller stops
-  the run and kills its workers, and a worker that took the signal itself would only print a
-  traceback or, worse, report the interrupt as its task's outcome.
+- It ignores SIGINT (a forked worker has it blocked by the caller from its start, then
+  ignored, then unblocked, so that none lands in between). A Ctrl-C at a terminal goes to the
+  whole process group; the caller stops the run and kills its workers, and a worker that took
+  the signal itself would only print a traceback or, worse, report the interrupt as its task's
+  outcome.
 - It dies with its parent. A worker watches the process that started it (the caller, or the
   forkserver that dies with the caller) and kills itself once that process is gone, however it
   went (SIGKILL included): otherwise it would run on, orphaned, holding the caller's output
@@ -26,6 +28,8 @@ PARENT_POLL = 0.2
 def prepare() -> None:
     """The pool's initializer: runs once in each worker, before its first task."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked by the caller while we started
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     parent = os.getppid()
     watch = threading.Thread(target=_die_with, args=(parent,), name="stepdown-parent", daemon=True)
     watch.start()
