@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 __all__ = [
+    "IDLE",
+    "INITIALIZING",
     "WATCH_RECORD",
     "BatchResult",
     "Call",
@@ -159,11 +161,14 @@ def _pack(
     return dumps(kept), errors
 
 
-# Where a worker says which task it is running, for the runner to enforce ``task_timeout``:
-# in another process, a file ``<dir>/<pid>`` holding (batch tag, position, start) as
-# ``WATCH_RECORD``, rewritten in place at each task (-1: between batches); in the caller's process,
-# a callable ``note(tag, position)`` that answers False once the batch has been abandoned.
+# Where a worker is, for the runner to enforce ``task_timeout`` and to tell a stalled pool from a
+# busy one: in another process, a file ``<dir>/<pid>`` holding (batch tag, position, since) as
+# ``WATCH_RECORD``, rewritten in place (the position of the task running, ``IDLE`` between
+# batches, ``INITIALIZING`` in the run's initializer); in the caller's process, a callable
+# ``note(tag, position)`` that answers False once the batch has been abandoned.
 WATCH_RECORD = struct.Struct("<qqd")
+IDLE = -1
+INITIALIZING = -2
 Watch = str | Callable[[int, int], bool]
 
 
@@ -173,13 +178,15 @@ class Duties(NamedTuple):
     ``run`` is the run's token: the run's ``(initializer, initargs)`` (shipped with the function
     to another process, see :func:`dumps_function`; here for an in-process batch) runs once per
     worker and run, before the first task (per thread on the thread rung). ``max_tasks``: the
-    most tasks one worker process may run.
+    most tasks one worker process may run. ``watch``: where to say which task runs, at each
+    task if ``each_task`` (a task timeout), else only as the batch starts and ends (cheaper).
     """
 
     run: str
     initializer: Initializer | None = None
     max_tasks: int | None = None
     watch: Watch | None = None
+    each_task: bool = True
 
 
 # Per worker process: tasks run so far (for max_tasks; with its pid, as a forked worker
@@ -334,19 +341,26 @@ def run_batch(
     if remote and limit is not None and ran and ran + len(items) > limit:
         return BatchResult([], None, 0.0, pid, declined=True)
     func, initializer = _function(fn, duties)
+    note = None if duties is None else _noter(duties.watch)
     if initializer is not None:
+        if note is not None:
+            note(tag, INITIALIZING)
         try:
             _initialize(duties.run if duties is not None else "", initializer)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
+            if note is not None:
+                note(tag, IDLE)
             return BatchResult([], None, 0.0, pid, init_error=_portable(exc) if remote else exc)
-    note = None if duties is None else _noter(duties.watch)
+    each = note if duties is not None and duties.each_task else None
+    if note is not None and each is None:
+        note(tag, 0)
     values: list[Any] = []
     errors: dict[int, BaseException | TaskException] | None = None
     start = time.perf_counter()
     for position, item in enumerate(items):
-        if note is not None and not note(tag, position):
+        if each is not None and not each(tag, position):
             break  # abandoned: the runner has sent the rest elsewhere
         try:
             values.append(func(item))
@@ -358,7 +372,7 @@ def run_batch(
             errors[position] = _portable(exc) if remote else exc
             values.append(None)
     if note is not None:
-        note(tag, -1)
+        note(tag, IDLE)
     if remote:
         _tasks_run = (pid, ran + len(items))
     return BatchResult(values, errors, time.perf_counter() - start, pid)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections.abc import Hashable
 
 from ..backends.base import Backend
 from ..errors import Reason, ResourceFailure
 from ..planning.rung import Rung
+from .timeouts import Timeouts
 
 __all__ = ["Step", "Watchdog", "decide"]
 
@@ -43,17 +45,31 @@ def decide(failure: ResourceFailure, rung: Rung, restarts: int) -> Step:
 
 
 class Watchdog:
-    """Dead machinery with work outstanding for longer than ``timeout`` is a failure.
+    """A rung that makes no progress with work outstanding is a failure, so nothing hangs.
 
-    :meth:`check` is called whenever the runner waited a poll interval without news.
+    :meth:`check` is called whenever the runner waited a poll interval without news. Two kinds
+    of stall count: machinery that stays dead (a manager thread, every worker) for ``timeout``;
+    and worker processes that are all alive but none of which has started or ended a batch,
+    or is in a task or the initializer, for ``IDLE_FACTOR`` times as long (they may be
+    importing the task's modules or receiving its data; a task itself may run as long as it
+    likes, ``task_timeout`` is for that).
     """
+
+    IDLE_FACTOR = 10
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._since: float | None = None
         self._what = ""
+        self._idle_since: float | None = None
+        self._seen: Hashable = None
 
-    def check(self, backend: Backend, outstanding: bool) -> ResourceFailure | None:
+    def check(
+        self, backend: Backend, outstanding: bool, timeouts: Timeouts
+    ) -> ResourceFailure | None:
+        return self._dead(backend, outstanding) or self._idle(backend, outstanding, timeouts)
+
+    def _dead(self, backend: Backend, outstanding: bool) -> ResourceFailure | None:
         what = backend.health() if outstanding else None
         if what is None:
             self._since = None
@@ -67,5 +83,24 @@ class Watchdog:
             return ResourceFailure(
                 Reason.EXECUTOR_STALLED,
                 f"{what} for {now - self._since:.1f} s with tasks outstanding",
+            )
+        return None
+
+    def _idle(
+        self, backend: Backend, outstanding: bool, timeouts: Timeouts
+    ) -> ResourceFailure | None:
+        pids = backend.worker_pids() if outstanding else []
+        working, seen = timeouts.working(pids) if pids else (True, None)
+        now = time.monotonic()
+        if working or seen != self._seen:
+            self._seen = seen
+            self._idle_since = None if working else now
+            return None
+        idle = now - (self._idle_since or now)
+        if idle >= self.timeout * self.IDLE_FACTOR:
+            return ResourceFailure(
+                Reason.EXECUTOR_STALLED,
+                f"none of its {len(pids)} live workers has started or finished a task for "
+                f"{idle:.1f} s with tasks outstanding",
             )
         return None

@@ -69,7 +69,7 @@ class Shipping:
         limit = self.options.max_tasks_per_child if backend.own_workers else None
         if self.options.initializer is None and watch is None and limit is None:
             return None
-        return Duties(self._run, initializer, limit, watch)
+        return Duties(self._run, initializer, limit, watch, each_task=self.timeouts.on)
 
 
 def initializer_failed(error: BaseException | TaskException, label: str) -> InitializerFailed:

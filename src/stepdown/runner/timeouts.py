@@ -4,6 +4,10 @@ Workers say which task they are on (see :mod:`.batch`): a worker process rewrite
 private directory of this run at each task; an in-process batch calls :meth:`Timeouts.note`.
 The runner asks :meth:`Timeouts.overdue` as it waits, and stops what ran over: it kills the
 worker process (the pool is then replaced), or, in-process, abandons the task.
+
+Worker processes keep their file without a timeout too, written only as each batch starts and
+ends: :meth:`Timeouts.working` tells the watchdog whether a pool whose workers are all alive is
+busy or stuck (:mod:`.decide`).
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ import signal
 import struct
 import tempfile
 import time
-from collections.abc import Container, Mapping
+from collections.abc import Container, Hashable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .batch import WATCH_RECORD, Watch
+from .batch import IDLE, WATCH_RECORD, Watch
 from .flights import Batch, Feed, Flight
 
 if TYPE_CHECKING:
@@ -56,11 +60,9 @@ class Timeouts:
         return min(0.2, max(self.seconds / 4, 0.01)) if self.on else 0.2
 
     def watch(self, in_process: bool) -> Watch | None:
-        """What a batch is given to say where it is; ``None`` when there is no timeout."""
-        if not self.on:
-            return None
+        """What a batch is given to say where it is; ``None`` in-process without a timeout."""
         if in_process:
-            return self.note
+            return self.note if self.on else None
         if self._dir is None:
             self._dir = tempfile.mkdtemp(prefix="stepdown-watch-")
         return self._dir
@@ -99,6 +101,13 @@ class Timeouts:
             if position >= 0 and tag in tags and now - started > self.seconds:
                 found.append(Overdue(tag, position, pid))
         return found
+
+    def working(self, pids: Iterable[int]) -> tuple[bool, Hashable]:
+        """Whether one of the worker processes ``pids`` is in a task or the initializer, and
+        what their files say (it changes whenever one starts or ends a batch)."""
+        records = dict(self._files())
+        seen = tuple((pid, records.get(pid)) for pid in sorted(pids))
+        return any(r is not None and r[1] != IDLE for _, r in seen), seen
 
     def stop(
         self, flights: Mapping[int, tuple[Future[Any], Flight]], feed: Feed, report: Report
