@@ -274,6 +274,35 @@ def test_ctrl_c_stops_the_run(
     assert [pid for pid in family if not gone_within(pid, 10)] == []
 
 
+# A SIGINT that reaches a loky worker while its interpreter starts, before any code of ours runs
+# there: the worker sends it to itself from ``sitecustomize``, which its interpreter imports on
+# start-up (the caller's is not a loky worker and goes on).
+SIGINT_AT_START = """
+import os, signal
+
+with open("/proc/self/cmdline", "rb") as command:
+    if b"popen_loky_posix" in command.read():
+        os.kill(os.getpid(), signal.SIGINT)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/cmdline"), reason="needs Linux's /proc")
+def test_a_loky_worker_ignores_a_ctrl_c_while_it_starts(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(SIGINT_AT_START)
+    script = "import stepdown\nprint(stepdown.map(abs, range(-3, 3), ladder=['loky:2']))\n"
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[3, 2, 1, 0, 1, 2]\n"
+    assert "KeyboardInterrupt" not in done.stderr and "failed" not in done.stderr, done.stderr
+
+
 def _read_line(caller: subprocess.Popen[str], seconds: float) -> str:
     assert caller.stdout is not None
     ready, _, _ = select.select([caller.stdout], [], [], seconds)

@@ -7,6 +7,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
@@ -52,11 +53,12 @@ class PoolBackend(Backend):
     def _start(self) -> None:
         if self._forks():
             imports_settled()
-        self._pool = self._create()
         # The first submit launches the workers (all of them with fork, loky): a pool that
         # cannot fork fails here, before a task is handed to it. Waiting for its answer makes
         # the start-up time in the report the real one (loky: ~100 ms, not the 5 ms of submit).
-        warmup = self._pool.submit(os.getpid)
+        with _sigint_ignored_by_children():
+            self._pool = self._create()
+            warmup = self._pool.submit(os.getpid)
         began = time.monotonic()
         dead_since: float | None = None
         while True:
@@ -177,6 +179,54 @@ def _sigint_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """SIGINT ignored, not only blocked, while workers are launched, so that a worker started
+    by fork+exec (loky), whose signal mask the exec resets, starts with it ignored: the
+    interpreter then installs no KeyboardInterrupt handler, and a Ctrl-C during its start-up
+    cannot print a traceback from it. The caller loses nothing: SIGINT is blocked in this
+    thread (:func:`_sigint_blocked`), so one that arrives now stays pending until the handler
+    is back — unless another thread that does not block it takes it, and then this does
+    nothing. Only the main thread may change a handler; elsewhere this does nothing."""
+    handler = signal.getsignal(signal.SIGINT)
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or handler is None  # set outside Python: it could not be put back
+        or not hasattr(signal, "sigpending")
+        or not _other_threads_block_sigint()
+        or signal.SIGINT in signal.sigpending()  # ignoring it now would discard it
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
+def _other_threads_block_sigint() -> bool:
+    """Whether every other thread of this process has SIGINT blocked (Linux: read from
+    ``/proc``; elsewhere only when there is no other thread)."""
+    me = threading.get_native_id()
+    try:
+        threads = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return threading.active_count() == 1
+    bit = 1 << (signal.SIGINT - 1)
+    for tid in threads:
+        if tid == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/status") as status:
+                blocked = next(line for line in status if line.startswith("SigBlk:"))
+        except (OSError, StopIteration):  # ended meanwhile
+            continue
+        if not int(blocked.split()[1], 16) & bit:
+            return False
+    return True
 
 
 def _alive(process: Any) -> bool:
