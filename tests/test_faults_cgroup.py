@@ -32,7 +32,7 @@ def test_pool_cannot_fork_enomem(warnings_log: pytest.LogCaptureFixture) -> None
     assert run.report.rerun == 0
     assert any(
         "process(2) could not start: OSError: [Errno 12] Cannot allocate memory; "
-        "stepping down to thread(2) with 30 of 30 tasks left" in r.message
+        "stepping down to thread(2) with 0 of 30 results in hand" in r.message
         for r in warnings_log.records
     ), [r.message for r in warnings_log.records]
 

@@ -70,7 +70,7 @@ def test_worker_sigkilled_mid_run(
     assert any(
         f"{first.label} failed: a worker process died" in r.message
         and then in r.message
-        and "tasks left" in r.message
+        and "results in hand" in r.message
         for r in warnings_log.records
     ), [r.message for r in warnings_log.records]
     second = report.rungs[1]

@@ -248,10 +248,10 @@ class Engine:
         return "nothing" if nxt is None else nxt.label(nxt.workers)
 
     def _left(self) -> str:
-        done = self.delivery.delivered
+        done = self.delivery.delivered  # results kept; a task that ran in a lost batch is not
         if self._feed.total is not None:
-            return f"{self._feed.total - done} of {self._feed.total} tasks left"
-        return f"{done} tasks done so far"
+            return f"{done} of {self._feed.total} results in hand"
+        return f"{done} results in hand so far"
 
     # ---- one rung --------------------------------------------------------------------
 
@@ -295,7 +295,7 @@ class Engine:
                     graceful=True,
                 )
             if failure is None and quiet:
-                failure = watchdog.check(backend, self._flights.busy(backend))
+                failure = watchdog.check(backend, self._flights.busy(backend), self._timeouts)
             if failure is not None:
                 return failure
 
