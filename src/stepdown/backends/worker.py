@@ -6,6 +6,9 @@ only: it runs in the worker before anything else is imported).
   whole process group; the caller stops the run and kills its workers, and a worker that took
   the signal itself would only print a traceback or, worse, report the interrupt as its task's
   outcome.
+- It offers itself to the OOM killer first (``oom_score_adj`` 1000, which any process may
+  raise): when a memory limit is hit, the kernel kills a worker, whose tasks can run again,
+  never the caller, whose results would be lost.
 - It dies with its parent. A worker watches the process that started it (the caller, or the
   forkserver that dies with the caller) and kills itself once that process is gone, however it
   went (SIGKILL included): otherwise it would run on, orphaned, holding the caller's output
@@ -30,6 +33,11 @@ def prepare() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):  # blocked by the caller while we started
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        with open("/proc/self/oom_score_adj", "w") as adj:
+            adj.write("1000")
+    except OSError:  # not Linux
+        pass
     parent = os.getppid()
     watch = threading.Thread(target=_die_with, args=(parent,), name="stepdown-parent", daemon=True)
     watch.start()

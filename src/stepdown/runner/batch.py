@@ -24,6 +24,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from . import peak
+
 __all__ = [
     "IDLE",
     "INITIALIZING",
@@ -111,6 +113,7 @@ class BatchResult(NamedTuple):
     declined: bool = False
     init_error: BaseException | TaskException | None = None
     packed: bytes | None = None
+    peak: int | None = None  # bytes the batch held at most over its start (see .peak)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Values cross to the caller as a pickle of their own, opened by the runner: one that
@@ -119,7 +122,7 @@ class BatchResult(NamedTuple):
         if self.packed is not None or not self.values:
             return BatchResult, tuple(self)
         packed, errors = _pack(self.values, self.errors)
-        return BatchResult, ([], errors, *self[2:6], packed)
+        return BatchResult, ([], errors, *self[2:6], packed, self.peak)
 
     def unpacked(self) -> BatchResult:
         """This result with its values rebuilt; raises what rebuilding them raises."""
@@ -358,6 +361,7 @@ def run_batch(
         note(tag, 0)
     values: list[Any] = []
     errors: dict[int, BaseException | TaskException] | None = None
+    base = peak.start() if remote else None
     start = time.perf_counter()
     for position, item in enumerate(items):
         if each is not None and not each(tag, position):
@@ -375,4 +379,5 @@ def run_batch(
         note(tag, IDLE)
     if remote:
         _tasks_run = (pid, ran + len(items))
-    return BatchResult(values, errors, time.perf_counter() - start, pid)
+    elapsed = time.perf_counter() - start
+    return BatchResult(values, errors, elapsed, pid, peak=peak.since(base))

@@ -24,22 +24,28 @@ class Step(enum.Enum):
     """The next step after a rung failed."""
 
     RESTART = "restart the rung with a fresh pool"
+    SHRINK = "restart the rung with fewer workers"
     STEP_DOWN = "step down to the next rung"
 
 
-def decide(failure: ResourceFailure, rung: Rung, restarts: int) -> Step:
-    """The next step after ``rung`` failed with ``failure``, having restarted ``restarts`` times.
+def decide(
+    failure: ResourceFailure, rung: Rung, restarts: int, workers: int = 1, memory: bool = False
+) -> Step:
+    """The next step after ``rung`` with ``workers`` failed with ``failure``, having restarted
+    ``restarts`` times; ``memory``: memory ran out (see :class:`.memory.MemoryCare`).
 
-    One dead worker does not prove the machine cannot afford the pool (a passing memory spike,
-    a stray kill): a process rung gets a fresh pool ``restarts`` times (rung option, default 1).
-    A poison task kills the fresh pool too, and the ladder then goes on. Anything else steps
-    down.
+    A memory failure shrinks before it moves: the same isolated process rung with fewer
+    workers, down to one, and only then the next rung (an in-process one runs tasks inside the
+    caller, whom the OOM killer would then pick). One dead worker does not prove the machine
+    cannot afford the pool (a passing spike, a stray kill): a process rung gets a fresh pool
+    ``restarts`` times (rung option, default 1). A poison task kills the fresh pool too, and
+    the ladder then goes on. Anything else steps down.
     """
-    if (
-        not rung.in_process
-        and failure.reason is Reason.WORKER_DIED
-        and restarts < int(rung.options.get("restarts", 1))
-    ):
+    if rung.in_process:
+        return Step.STEP_DOWN
+    if memory and workers > 1:
+        return Step.SHRINK
+    if failure.reason is Reason.WORKER_DIED and restarts < int(rung.options.get("restarts", 1)):
         return Step.RESTART
     return Step.STEP_DOWN
 

@@ -17,6 +17,7 @@ from ..errors import RemoteTraceback, TaskCrashed, TaskTimeout
 from ..options import Options
 from .batch import BatchResult, TaskException, add_note
 from .flights import Batch, Feed, Sizer
+from .memory import TaskMemory
 from .report import Report, RungRecord
 
 __all__ = ["Delivery", "Outcome"]
@@ -29,8 +30,11 @@ Outcome = tuple[int, Any, bool]
 class Delivery:
     """Turns batch results into ``(index, value, ok)`` outcomes and keeps the count."""
 
-    def __init__(self, options: Options, feed: Feed, sizer: Sizer, report: Report) -> None:
+    def __init__(
+        self, options: Options, feed: Feed, sizer: Sizer, report: Report, memory: TaskMemory
+    ) -> None:
         self.options = options
+        self.memory = memory
         self.feed = feed
         self.sizer = sizer
         self.report = report
@@ -49,6 +53,7 @@ class Delivery:
         except Exception as unpacking:  # a MemoryError included
             return (yield from self._unpack_failed(batch, record, unpacking, can_step_down))
         self.sizer.observe(len(batch.items), result.elapsed)
+        self.memory.observe(result.peak)
         errors = result.errors
         values = result.values
         if not errors:  # the common case, without a test per task

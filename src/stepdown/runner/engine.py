@@ -42,7 +42,7 @@ from typing import Any
 
 from ..backends.base import Backend
 from ..backends.failures import translate
-from ..errors import BackendUnavailable, Reason, ResourceFailure, TaskTimeout
+from ..errors import Reason, ResourceFailure, TaskTimeout
 from ..options import Options
 from ..planning.rung import Rung
 from ..planning.setup import Setup
@@ -52,6 +52,7 @@ from .decide import Step, Watchdog, decide
 from .delivery import Delivery, Outcome
 from .flights import Feed, Flight, Flights, Inbox, Sizer
 from .grants import Slots
+from .memory import MemoryCare
 from .report import Report, RungRecord, log_plan
 from .shipping import Shipping, initializer_failed
 from .timeouts import Timeouts
@@ -99,7 +100,8 @@ class Engine:
         self._feed = Feed(items, self._sizer, accept)
         self.report = Report.planned(setup.plan, self._feed.total)
         log_plan(setup.plan)
-        self.delivery = Delivery(options, self._feed, self._sizer, self.report)
+        self._memory = MemoryCare(options.task_bytes)
+        self.delivery = Delivery(options, self._feed, self._sizer, self.report, self._memory.task)
         # Finished futures arrive here from their done-callbacks (None: the inbox has news; an
         # exception: stop). One queue to block on, not waiters on every flight per step.
         self._events: queue.SimpleQueue[Future[Any] | BaseException | None] = queue.SimpleQueue()
@@ -112,6 +114,7 @@ class Engine:
         self._shipping = Shipping(fn, options, self._timeouts)
         self._retiring = False  # a worker declined a batch: renew once the rung is idle
         self._renewed: RungRecord | None = None
+        self._shrunk: int | None = None  # workers for the same rung after a memory failure
         # In order: results that finished before an earlier one, by index.
         self.waiting: dict[int, tuple[Any, bool]] = {}
         # The rung running now (the demo kills one of its workers); None before the first.
@@ -162,12 +165,14 @@ class Engine:
             self.backend = backend
             record = self.report.rungs[-1]
             rung_started = time.perf_counter()
+            self._memory.begin(backend, self._timeouts)
             try:
                 error = yield from self._run_on(backend, record, last)
             except BaseException:
                 self._abort(backend, rung)
                 raise
             finally:
+                self._memory.end()
                 record.wall = time.perf_counter() - rung_started
                 self._slots.release()
             if error is None:
@@ -178,9 +183,14 @@ class Engine:
                 self._renew(backend, record, error)
                 continue
             failure = translate(error, backend.label, backend.dead_worker_exitcode())
-            if decide(failure, rung, restarts) is Step.RESTART:
+            failure, memory = self._memory.judge(failure)
+            step = decide(failure, rung, restarts, backend.workers, memory)
+            if step is Step.RESTART:
                 restarts += 1
                 self._step_down(backend, record, failure, "restarting it with a fresh pool")
+                continue
+            if step is Step.SHRINK:
+                self._step_down(backend, record, failure, "shrinking it")
                 continue
             self._step_down(
                 backend, record, failure, f"stepping down to {self._next_label(position)}"
@@ -195,10 +205,14 @@ class Engine:
 
     def _start(self, rung: Rung, position: int) -> Backend | None:
         renewed, self._renewed = self._renewed, None
-        workers = (renewed.workers if renewed is not None else rung.workers) or 1
+        shrunk, self._shrunk = self._shrunk, None
+        workers = shrunk or (renewed.workers if renewed is not None else rung.workers) or 1
         # Checked before a pool starts for nothing: only in-process rungs can run such a function.
-        why = None if rung.in_process else self._shipping.unpicklable()
-        granted = why or self._slots.take(rung, workers, self.plan.worker_memory(rung))
+        why = self._memory.in_process(workers) if rung.in_process else self._shipping.unpicklable()
+        if isinstance(why, int):
+            workers, why = why, None
+        memory = self._memory.charge(self.plan.worker_memory(rung))
+        granted = why or self._slots.take(rung, workers, memory)
         if isinstance(granted, str):
             label = rung.label(workers)
             self.report.skip(label, rung.backend, granted, why, workers, self._next_label(position))
@@ -210,38 +224,20 @@ class Engine:
             record = renewed
         else:
             self.report.rungs.append(record)
-        began = time.perf_counter()
-        try:
-            backend, warm = pools.acquire(
-                rung, granted, self.options.reuse, self.options.stall_timeout
-            )
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
+        started = pools.start(rung, granted, self.options, record)
+        if isinstance(started, ResourceFailure):
             self._slots.release()
-            failure = translate(exc, label)
-            record.failure = str(failure)
-            record.reason = failure.reason.value
-            if isinstance(failure, BackendUnavailable):
-                record.skipped = failure.detail
             log.warning(
                 "%s could not start: %s; stepping down to %s with %s",
                 label,
-                failure.detail or failure.reason.value,
+                started.detail or started.reason.value,
                 self._next_label(position),
                 self._left(),
             )
             return None
-        backend.task_timeout = self.options.task_timeout
-        backend.max_tasks_per_child = self.options.max_tasks_per_child
-        if not backend.in_process:
+        if not started.in_process:
             self._start_method = rung.options.get("start_method")
-        if not record.started:  # else renewed: the same rung, its start already reported
-            record.started = True
-            record.reused = warm
-            record.start_seconds = time.perf_counter() - began
-            log.debug("%s %s in %.3f s", label, "warm" if warm else "started", record.start_seconds)
-        return backend
+        return started
 
     def _next_label(self, position: int) -> str:
         nxt = self.rungs[position + 1] if position + 1 < len(self.rungs) else None
@@ -262,7 +258,7 @@ class Engine:
         while True:
             failure: BaseException | None = None
             current = len(self._flights.on(backend))
-            while current < limit and not self._retiring:
+            while current < limit and not self._retiring and self._memory.admits(current):
                 batch = self._feed.take(backend.workers, limit, self.options.ordered)
                 if batch is None:
                     break
@@ -375,6 +371,9 @@ class Engine:
         died = failure.reason is Reason.WORKER_DIED
         moved = self._flights.evacuate(backend, died, self._feed, self.report)
         backend.abandon()
+        if then == "shrinking it":  # its workers' memory is free now: size the next pool
+            self._shrunk = self._memory.shrunk(backend.workers)
+            then = f"shrinking it to {backend.name}({self._shrunk})"
         record.failure = failure.detail or failure.reason.value
         record.reason = failure.reason.value
         record.requeued = moved

@@ -1,4 +1,4 @@
-"""Warm executors kept between runs in one process.
+"""Starting a rung's executor, and warm executors kept between runs in one process.
 
 For a short job the pool's start-up is the job (loky takes ~110 ms to start, a task may take
 10 ms), so an executor that finished a run healthy is kept idle and handed to the next run that
@@ -15,16 +15,19 @@ import logging
 import multiprocessing.util
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Hashable
 
 from ..backends.base import Backend
-from ..backends.failures import classify
+from ..backends.failures import classify, translate
 from ..backends.registry import load_backend
-from ..errors import Reason
+from ..errors import BackendUnavailable, Reason, ResourceFailure
+from ..options import Options
 from ..planning.rung import Rung
+from .report import RungRecord
 
-__all__ = ["acquire", "release", "shutdown_all"]
+__all__ = ["acquire", "release", "shutdown_all", "start"]
 
 log = logging.getLogger("stepdown")
 
@@ -131,3 +134,32 @@ def _forget_after_fork() -> None:
 _finalized_in: int | None = None
 atexit.register(shutdown_all)
 os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def start(
+    rung: Rung, workers: int, options: Options, record: RungRecord
+) -> Backend | ResourceFailure:
+    """A started backend for ``rung`` with ``workers`` (warm if one waits and ``options.reuse``),
+    its start recorded in ``record``; or the failure to start it, translated and recorded."""
+    began = time.perf_counter()
+    try:
+        backend, warm = acquire(rung, workers, options.reuse, options.stall_timeout)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        failure = translate(exc, record.label)
+        record.failure = str(failure)
+        record.reason = failure.reason.value
+        if isinstance(failure, BackendUnavailable):
+            record.skipped = failure.detail
+        return failure
+    backend.task_timeout = options.task_timeout
+    backend.max_tasks_per_child = options.max_tasks_per_child
+    if not record.started:  # else renewed: the same rung, its start already reported
+        record.started = True
+        record.reused = warm
+        record.start_seconds = time.perf_counter() - began
+        log.debug(
+            "%s %s in %.3f s", record.label, "warm" if warm else "started", record.start_seconds
+        )
+    return backend

@@ -109,6 +109,12 @@ class Timeouts:
         seen = tuple((pid, records.get(pid)) for pid in sorted(pids))
         return any(r is not None and r[1] != IDLE for _, r in seen), seen
 
+    def youngest(self, pids: Iterable[int]) -> int | None:
+        """Of the worker processes ``pids``, the one whose task (or batch) started last."""
+        records = dict(self._files())
+        running = [(r[2], pid) for pid in pids if (r := records.get(pid)) and r[1] >= 0]
+        return max(running)[1] if running else None
+
     def stop(
         self, flights: Mapping[int, tuple[Future[Any], Flight]], feed: Feed, report: Report
     ) -> list[tuple[Future[Any], int]]:

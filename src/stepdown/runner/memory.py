@@ -1,0 +1,273 @@
+"""What a task costs in memory, learned as the run goes, and the watch that keeps tasks under
+the limit so that the kernel's OOM killer never has to choose.
+
+- **Learned task memory.** Each batch on a process rung reports the most it held over what its
+  worker held before (:mod:`.peak`); the largest so far is the run's estimate, used where the
+  user declared nothing (``task_memory=`` still wins).
+- **The limit.** The tightest memory cgroup of the caller (v2 ``memory.max``, v1 limits; usage
+  without the file cache the kernel reclaims first) or, without one, the host's available
+  memory. Workers of a process rung share it with the caller.
+- **The guard.** While a process rung runs, a thread reads what is left (every ``INTERVAL``
+  once less than four margins are left, else every ``RELAXED``):
+  below ``margin`` it stops the worker running the youngest task (SIGKILL: the pool breaks,
+  nothing finished is lost, what was in flight runs again) so that the rung can shrink; and no
+  new batch is admitted while one more task would not fit. Workers also volunteer as the OOM
+  killer's first choice (:mod:`..backends.worker`): the caller is never it while a worker lives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..backends.base import Backend
+from ..errors import Reason, ResourceFailure
+from ..planning.cgroup import (
+    Cgroup,
+    cgroup_memory,
+    find_cgroups,
+    parse_mountinfo,
+    parse_proc_cgroup,
+)
+from ..planning.reading import read_text
+from ..units import format_size
+from .timeouts import Timeouts
+
+__all__ = ["Guard", "Left", "MemoryCare", "TaskMemory", "YoungestTask", "memory_left"]
+
+log = logging.getLogger("stepdown")
+
+# Given worker pids, the one running the task that started last (None: none is in a task).
+YoungestTask = Callable[[list[int]], "int | None"]
+
+
+class TaskMemory:
+    """The memory one task holds: declared, or the largest peak measured so far."""
+
+    def __init__(self, declared: int | None) -> None:
+        self.declared = declared
+        self.learned: int | None = None
+        self.batches = 0
+
+    def observe(self, peak: int | None) -> None:
+        """A batch held at most ``peak`` bytes over its worker's own (``None``: unmeasured)."""
+        if peak is None:
+            return
+        self.batches += 1
+        if self.learned is None or peak > self.learned:
+            self.learned = peak
+
+    @property
+    def estimate(self) -> int | None:
+        """What one task is taken to hold: declared, else learned, else unknown."""
+        return self.declared if self.declared is not None else self.learned
+
+    def describe(self) -> str | None:
+        """``"learned 1.0GiB (largest of 12 batches)"``, for the report; None: nothing known."""
+        if self.declared is not None:
+            return f"declared {format_size(self.declared)}"
+        if self.learned is None:
+            return None
+        return f"learned {format_size(self.learned)} (largest of {self.batches} batches)"
+
+
+@dataclass(frozen=True)
+class Left:
+    """Memory the caller's group may still use: ``free`` of ``limit`` bytes, read at ``where``."""
+
+    free: int
+    limit: int
+    where: str
+
+    @property
+    def margin(self) -> int:
+        """Below this much free memory the guard acts: 4% of the limit, at least 48 MiB."""
+        return max(self.limit // 25, 48 << 20)
+
+
+_group: tuple[int, Cgroup | None] | None = None
+
+
+def _memory_group() -> Cgroup | None:
+    global _group
+    if _group is None or _group[0] != os.getpid():
+        entries = parse_proc_cgroup(read_text("/proc/self/cgroup"))
+        mounts = parse_mountinfo(read_text("/proc/self/mountinfo"))
+        _group = (os.getpid(), find_cgroups(entries, mounts).get("memory"))
+    return _group[1]
+
+
+def memory_left() -> Left | None:
+    """What the tightest memory limit over the caller still allows (``None``: cannot tell)."""
+    group = _memory_group()
+    if group is not None:
+        limit, available = cgroup_memory(group)
+        if limit is not None and limit.value and available is not None and available.value:
+            return Left(available.value, limit.value, available.source)
+    try:
+        import psutil
+
+        vm = psutil.virtual_memory()
+    except Exception:  # psutil missing or failing: no figure, no guard
+        return None
+    return Left(int(vm.available), int(vm.total), "the host's available memory")
+
+
+class Guard:
+    """Watches what is left while one rung runs; see the module's docstring."""
+
+    INTERVAL = 0.02
+    RELAXED = 0.2
+
+    def __init__(self, memory: TaskMemory, read: Callable[[], Left | None] = memory_left) -> None:
+        self.memory = memory
+        self.read = read
+        self.stopped: str | None = None  # what the guard did on this rung, for the runner
+        self._thread: threading.Thread | None = None
+        self._done = threading.Event()
+
+    def admits(self, running: int) -> bool:
+        """Whether one more batch may start beside the ``running`` ones: always the first,
+        else when one more task of the estimated size still leaves the margin free."""
+        estimate = self.memory.estimate
+        if running == 0 or not estimate:
+            return True
+        left = self.read()
+        return left is None or left.free - estimate > left.margin
+
+    def fit(self, workers: int) -> int:
+        """How many of ``workers`` can each run a task of the estimated size in what is left
+        now, the margin kept (at least 0; ``workers`` when unknown)."""
+        estimate = self.memory.estimate
+        left = self.read()
+        if not estimate or left is None:
+            return workers
+        return max(0, min(workers, (left.free - left.margin) // estimate))
+
+    def watch(self, label: str, pids: Callable[[], list[int]], youngest: YoungestTask) -> None:
+        """Start watching for the rung ``label`` whose worker processes ``pids()`` returns."""
+        self.stop()
+        self.stopped = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(label, pids, youngest, self._done),
+            daemon=True,
+            name="stepdown-memory-guard",
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._done.set()
+            self._thread.join()
+            self._thread = None
+
+    def _run(
+        self,
+        label: str,
+        pids: Callable[[], list[int]],
+        youngest: YoungestTask,
+        done: threading.Event,
+    ) -> None:
+        interval = self.INTERVAL
+        while not done.wait(interval):
+            left = self.read()
+            # A reading costs ~0.4 ms: look often only when little is left.
+            interval = self.INTERVAL if left and left.free < 4 * left.margin else self.RELAXED
+            if left is None or left.free >= left.margin:
+                continue
+            pid = youngest(pids())
+            if pid is None:
+                continue
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            self.stopped = (
+                f"{format_size(left.free)} of {format_size(left.limit)} left ({left.where}), "
+                f"under the {format_size(left.margin)} margin: stopped the worker (pid {pid}) "
+                "running the youngest task"
+            )
+            log.debug("%s: %s", label, self.stopped)  # the runner's step-down line says it
+            return  # the pool breaks; the runner shrinks the rung
+
+
+class MemoryCare:
+    """The run's memory decisions, in one place for the runner (see the module's docstring)."""
+
+    def __init__(self, declared: int | None) -> None:
+        self.task = TaskMemory(declared)
+        self.guard = Guard(self.task)
+        self.failed = False  # a rung of this run failed for memory
+        self._kills = _oom_kills()
+
+    def begin(self, backend: Backend, timeouts: Timeouts) -> None:
+        """A rung starts: a process rung's workers are watched."""
+        if not backend.in_process:
+            self.guard.watch(backend.label, backend.worker_pids, timeouts.youngest)
+
+    def end(self) -> None:
+        self.guard.stop()
+
+    def admits(self, running: int) -> bool:
+        return self.guard.admits(running)
+
+    def judge(self, failure: ResourceFailure) -> tuple[ResourceFailure, bool]:
+        """``failure`` as the runner should take it, and whether memory caused it: the guard
+        stopped a worker, or the kernel's OOM killer killed one (its counter went up)."""
+        kills, self._kills = self._kills, _oom_kills()
+        if self.guard.stopped is not None:
+            failure = ResourceFailure(Reason.OUT_OF_MEMORY, self.guard.stopped, failure.rung)
+        memory = failure.reason is Reason.OUT_OF_MEMORY or (
+            kills is not None and self._kills is not None and self._kills > kills
+        )
+        self.failed = self.failed or memory
+        return failure, memory
+
+    def shrunk(self, workers: int) -> int:
+        """Workers for the same rung after a memory failure with ``workers`` (whose memory is
+        free again): as many as fit the known task now, else half; at least one, fewer than
+        before."""
+        fit = self.guard.fit(workers) if self.task.estimate else workers // 2
+        return max(1, min(workers - 1, fit))
+
+    def in_process(self, workers: int) -> int | str:
+        """Tasks an in-process rung may run at once beside the caller, or why none: after a
+        memory failure, only as many as fit what is left (a task that does not fit would take
+        the caller down with it)."""
+        estimate = self.task.estimate
+        if not self.failed or not estimate:
+            return workers
+        fit = self.guard.fit(workers)
+        if fit:
+            return fit
+        left = self.guard.read()
+        room = "too little" if left is None else format_size(max(0, left.free - left.margin))
+        return (
+            f"a task holds about {format_size(estimate)} and {room} is left beside the caller: "
+            "it would take the caller down"
+        )
+
+    def charge(self, planned: int) -> int:
+        """What one slot of the host budget reserves: the plan's figure, plus the learned
+        task where the user declared none (the plan's figure then holds no task)."""
+        return planned + (self.task.learned or 0 if self.task.declared is None else 0)
+
+
+def _oom_kills() -> int | None:
+    """The kernel's OOM kill count in the caller's memory cgroup (v2 ``memory.events``, v1
+    ``memory.oom_control``)."""
+    group = _memory_group()
+    if group is None:
+        return None
+    name = "memory.events" if group.version == 2 else "memory.oom_control"
+    for directory in group.directories():
+        for line in read_text(f"{directory}/{name}").splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    return None
