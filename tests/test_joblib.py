@@ -208,6 +208,36 @@ def test_calls_in_one_context_keep_their_state_apart(config: StepdownBackend) ->
         assert parallel(delayed(square)(i) for i in range(3)) == [0, 1, 4]
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ({"n_jobs": 2}, "(profile laptop, rules[1], joblib n_jobs=2)"),
+        (
+            {"n_jobs": 2, "ladder": ["thread:2"]},
+            "(profile laptop, ladder argument, joblib n_jobs=2)",
+        ),
+        ({"n_jobs": 2, "prefer": "threads"}, "(profile laptop, joblib prefer='threads', n_jobs=2)"),
+        ({"n_jobs": -1, "require": "sharedmem"}, "joblib require='sharedmem', n_jobs=-1 ("),
+    ],
+)
+def test_report_says_where_the_ladder_came_from_and_counts_calls(
+    given: dict[str, Any], said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STEPDOWN_PROFILE", "laptop")
+    hints = {k: given.pop(k) for k in ("prefer", "require") if k in given}
+    with parallel_config(backend="stepdown", **given) as cfg:
+        assert Parallel(**hints)(delayed(square)(i) for i in range(100)) == [
+            i * i for i in range(100)
+        ]
+    report = cfg["backend"].last_report
+    assert said in str(report)
+    assert "ladder argument" not in str(report) or "ladder" in given
+    # Its counts are joblib batches (joblib groups the 100 calls); the calls are counted too.
+    assert report.calls == 100 and report.units == "joblib batches"
+    assert str(report).startswith(f"{report.tasks} joblib batches of 100 calls in ")
+
+
 def test_bad_options_are_named() -> None:
     with pytest.raises(stepdown.UsageError, match="unknown option.*ladderr"):
         Parallel(n_jobs=2, backend="stepdown", ladderr=["thread"])(delayed(square)(1) for _ in "a")

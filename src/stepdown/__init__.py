@@ -29,12 +29,15 @@ a host between instances, ``runner/`` runs (engine, batches, isolation, warm poo
 ``cli/`` the ``stepdown`` command.
 
 The public names load on first use, so ``import stepdown`` stays cheap (and so does importing
-``stepdown.runner.batch`` in a worker process).
+``stepdown.runner.batch`` in a worker process). Importing stepdown makes ``"stepdown"`` a joblib
+backend name without importing joblib (``integrations.joblib_name``).
 """
 
 from __future__ import annotations
 
 import importlib
+
+from .integrations import joblib_name
 
 # Not typing.TYPE_CHECKING: importing typing alone costs more than the rest of this module.
 TYPE_CHECKING = False
@@ -101,6 +104,9 @@ _WHERE = {
     "InitializerFailed": "errors",
     "UsageError": "errors",
 }
+
+
+joblib_name.watch()
 
 
 def __getattr__(name: str) -> Any:

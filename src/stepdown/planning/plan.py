@@ -37,7 +37,9 @@ class PlannedRung:
         ``fraction`` is left out: the reason shows it at work.
         """
         base = self.rung.label(self.workers) if self.workers else self.rung.label()
-        options = " ".join(f"{k}={v}" for k, v in self.rung.options.items() if k != "fraction")
+        options = " ".join(
+            f"{k}={_option(k, v)}" for k, v in self.rung.options.items() if k != "fraction"
+        )
         return f"{base} {options}" if options else base
 
     def resolved(self) -> Rung:
@@ -50,19 +52,27 @@ class PlannedRung:
 class RuleChoice:
     """Which rule gave the ladder. ``index`` is its position in the profile's ``rules``
     (``None``: the ladder was an argument); ``why`` says what held; ``passed_over`` says why
-    each rule before it did not.
+    each rule before it did not. An integration that builds or caps the ladder says so:
+    ``given_by`` names what gave a ladder that no rule gave (``"joblib prefer='threads'"``),
+    ``capped_by`` what capped every rung (``"joblib n_jobs=4"``).
     """
 
     index: int | None
     conditions: str
     why: str
     passed_over: tuple[str, ...] = ()
+    given_by: str = "ladder argument"
+    capped_by: str | None = None
 
     @property
     def label(self) -> str:
+        """``rules[1]``, ``ladder argument``, ``no rule``; then any cap: ``rules[1], joblib
+        n_jobs=4``."""
         if self.index is not None:
-            return f"rules[{self.index}]"
-        return "ladder argument" if self.conditions == "given" else "no rule"
+            text = f"rules[{self.index}]"
+        else:
+            text = self.given_by if self.conditions == "given" else "no rule"
+        return text if self.capped_by is None else f"{text}, {self.capped_by}"
 
 
 @dataclass(frozen=True)
@@ -154,6 +164,7 @@ class Plan:
             },
             "rungs": [
                 {
+                    "label": p.label,
                     "backend": p.rung.backend,
                     "cap": p.rung.workers,
                     "options": dict(p.rung.options),
@@ -164,6 +175,13 @@ class Plan:
                 for p in self.rungs
             ],
         }
+
+
+def _option(key: str, value: object) -> object:
+    """A rung option as a label shows it: a size in units (``2.0GiB``), one word."""
+    if key == "memory_per_worker" and isinstance(value, int):
+        return format_size(value).replace(" ", "")
+    return value
 
 
 def plural(n: int, word: str) -> str:

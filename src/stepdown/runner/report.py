@@ -55,7 +55,11 @@ class RungRecord:
 
 @dataclass
 class Report:
-    """The record of one run. ``str(report)`` is one readable paragraph."""
+    """The record of one run. ``str(report)`` is one readable paragraph.
+
+    Every count is of ``units``: tasks, or for the joblib backend joblib batches, of which
+    ``calls`` counts the calls (``delayed(f)(x)``) submitted.
+    """
 
     tasks: int = 0
     rungs: list[RungRecord] = field(default_factory=list)
@@ -66,6 +70,9 @@ class Report:
     isolated: int = 0
     wall: float = 0.0
     plan: str | None = None
+    units: str = "tasks"
+    calls: int | None = None
+    task_memory: str | None = None  # "learned 1.0 GiB (largest of 12 batches)", or declared
 
     @classmethod
     def planned(cls, plan: Plan, tasks: int | None) -> Report:
@@ -106,7 +113,8 @@ class Report:
         return asdict(self)
 
     def __str__(self) -> str:
-        parts = [f"{self.tasks} tasks in {self.wall:.2f} s"]
+        calls = "" if self.calls is None else f" of {self.calls} calls"
+        parts = [f"{self.tasks} {self.units}{calls} in {self.wall:.2f} s"]
         if self.plan:
             parts[0] += f" ({self.plan})"
         parts[0] += ": " + "; ".join(r.describe() for r in self.rungs) + "."
@@ -119,6 +127,8 @@ class Report:
             tail.append(f"{self.task_errors} raised")
         if self.timeouts:
             tail.append(f"{self.timeouts} ran over task_timeout")
+        if self.task_memory and any(r.reason == "out of memory" for r in self.rungs):
+            tail.append(f"task memory {self.task_memory}")
         if self.crashed:
             tail.append(
                 f"{len(self.crashed)} killed their worker twice (tasks "

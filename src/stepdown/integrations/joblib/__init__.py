@@ -16,7 +16,9 @@ Each joblib batch (a ``BatchedCalls``) is one call to a :class:`stepdown.Executo
 the callback joblib hands us. Large numpy arrays reach process workers as memory maps
 (:mod:`.memmap`).
 
-Import this module to register the backend; importing ``stepdown`` alone never imports joblib.
+``import stepdown`` alone makes the name known (:mod:`..joblib_name`) and this package loads
+when a ``Parallel`` call first uses it. Supported: ``joblib>=1.5,<1.7``
+(:data:`~..joblib_name.REQUIREMENT`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ import joblib
 
 from ...errors import UsageError
 from ...options import Options
-from .backend import OPTION_KEYS, StepdownBackend
+from ..joblib_name import OLDEST, REQUIREMENT
+
+_found = tuple(int(part) for part in joblib.__version__.split(".")[:2] if part.isdigit())
+if _found < OLDEST:  # before the backend's module: its base classes differ in older joblib
+    raise ImportError(
+        f"stepdown's joblib backend needs {REQUIREMENT}, and this is joblib "
+        f"{joblib.__version__} ({joblib.__file__}): pip install '{REQUIREMENT}'"
+    )
+
+from .backend import OPTION_KEYS, StepdownBackend  # noqa: E402  (after the version check)
 
 __all__ = ["StepdownBackend", "register_joblib"]
 

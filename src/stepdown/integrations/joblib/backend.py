@@ -21,7 +21,7 @@ from joblib._parallel_backends import (
 
 from ...errors import UsageError
 from ...options import BackendOptions, Options
-from ...planning.setup import prepare
+from ...planning.setup import Setup, prepare
 from ...runner.report import Report
 from .calls import Call, Config
 
@@ -115,9 +115,12 @@ class StepdownBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         # n_jobs caps every rung; prefer="threads" or require="sharedmem" climb only threads.
         cap = min(workers, options.max_workers or workers)
         planned = replace(options, max_workers=cap)
-        if prefer == "threads" or require == "sharedmem":
+        hint = f"prefer={prefer!r}" if prefer == "threads" else None
+        if require == "sharedmem":
+            hint = f"require={require!r}"
+        if hint is not None:
             planned = replace(planned, ladder=["thread"])
-        setup = prepare(planned, getattr(parallel, "n_tasks", None))
+        setup = _said(prepare(planned, getattr(parallel, "n_tasks", None)), n_jobs, workers, hint)
         if all(rung.info.single for rung in setup.plan.usable_rungs()):
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         max_nbytes = kwargs.get("max_nbytes", 1_000_000)
@@ -199,3 +202,15 @@ class StepdownBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         run.end()
         self.last_report = run.report
         log.info("%s", run.report)
+
+
+def _said(setup: Setup, n_jobs: int, workers: int, hint: str | None) -> Setup:
+    """The setup, its plan saying what joblib asked for: the report then reads ``rules[1],
+    joblib n_jobs=4`` or ``joblib prefer='threads', n_jobs=4``, not ``ladder argument``."""
+    jobs = f"n_jobs={n_jobs}" if n_jobs == workers else f"n_jobs={n_jobs} ({workers})"
+    rule = setup.plan.rule
+    if hint is not None:
+        rule = replace(rule, given_by=f"joblib {hint}", capped_by=jobs)
+    else:
+        rule = replace(rule, capped_by=f"joblib {jobs}")
+    return replace(setup, plan=replace(setup.plan, rule=rule))

@@ -101,6 +101,7 @@ class Call:
             stall_timeout=options.stall_timeout,
             memory_error=options.memory_error,
             reuse=options.reuse,
+            progress=False,  # joblib has its own (verbose=); a bar of batches would mislead
         )
         self._memmapper = Memmapper.create(
             config.max_nbytes,
@@ -112,12 +113,19 @@ class Call:
         self._inline: deque[tuple[_Job, Future[Any]]] | None = None
         self._inline_report: Report | None = None
         self._draining = False
+        self._calls = 0
 
     @property
     def report(self) -> Report:
-        return self._inline_report or self._executor.report
+        """The executor's report, in joblib's words: each of its tasks is a joblib batch."""
+        report = self._inline_report or self._executor.report
+        report.units = "joblib batches"
+        report.calls = self._calls
+        return report
 
     def submit(self, batch: Callable[[], Any], callback: Callable[[Any], Any] | None) -> Any:
+        # A BatchedCalls has a length; any other callable joblib may submit is one call.
+        self._calls += len(batch) if hasattr(batch, "__len__") else 1
         proxy: Future[Any] = Future()
         if callback is not None:
             proxy.add_done_callback(callback)
