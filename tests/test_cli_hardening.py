@@ -385,5 +385,6 @@ def test_a_result_too_large_for_one_line_is_that_items_error(job: Path) -> None:
     assert isinstance(error, dict)
     assert "result is too large" in error["message"]
     resumed = stepdown(job, "job:huge", "-i", "items.jsonl", "-o", "out.jsonl", "--resume")
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.returncode == 1, resumed.stderr  # the error line is kept, and still counts
     assert "resumed: 1 items" in resumed.stderr
+    assert "1 items in out.jsonl are errors from an earlier run" in resumed.stderr

@@ -35,6 +35,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stepdown.errors import UsageError
 from stepdown.planning import resources
 from stepdown.planning.resources import (
     Cgroup,
@@ -517,22 +518,17 @@ def test_overrides_replace_each_figure() -> None:
         ("STEPDOWN_SHM", "1.5XB"),
     ],
 )
-def test_malformed_override_is_ignored_with_a_warning(
-    name: str, value: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="stepdown")
-    snap = read_resources({name: value}, root=fixture("v2-nested"))
-    figures = [snap.cpus, snap.memory_available, snap.memory_limit, snap.tasks_left, snap.shm_free]
-    assert all(r.source != name for r in figures)
-    [record] = [r for r in caplog.records if r.name == "stepdown"]
-    assert record.levelno == logging.WARNING
-    assert name in record.getMessage()
-    assert repr(value) in record.getMessage()
+def test_malformed_override_is_a_usage_error(name: str, value: str) -> None:
+    # One rule for every STEPDOWN_* variable (docs/deployment.md): a value set on purpose that
+    # cannot be used stops the run, naming the variable and the value.
+    with pytest.raises(UsageError) as caught:
+        read_resources({name: value}, root=fixture("v2-nested"))
+    assert str(caught.value).startswith(f"{name}={value!r}: ")
 
 
 def test_empty_override_means_unset(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="stepdown")
-    snap = read_resources({"STEPDOWN_CPUS": ""}, root=fixture("v2-nested"))
+    snap = read_resources({"STEPDOWN_CPUS": " "}, root=fixture("v2-nested"))
     assert snap.cpus.source != "STEPDOWN_CPUS"
     assert not caplog.records
 

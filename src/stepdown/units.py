@@ -1,5 +1,10 @@
-"""Sizes and fractions as people write them (``"1.5GiB"``, ``"512 MB"``, ``"15%"``), and values
-shown in messages.
+"""Sizes and fractions as people write them (``"1.5GiB"``, ``"512 MB"``, ``"15%"``), values
+shown in messages, and the one way every ``STEPDOWN_*`` variable is read.
+
+A variable set to nothing (``STEPDOWN_CPUS= cmd``) is unset, as shells users expect. A value
+stepdown cannot use is a :class:`~stepdown.errors.UsageError` naming the variable and the
+value, never a warning: the variable was set on purpose, and a run sized without it may not
+fit (``docs/deployment.md`` has the table of variables).
 
 A size is at most :data:`MAX_SIZE` (1 EiB): no machine has more, and a bound keeps a typo such as
 a 400-digit byte count from overflowing a float or printing as a wall of digits.
@@ -9,8 +14,19 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
-__all__ = ["MAX_SIZE", "format_size", "parse_fraction", "parse_size", "shown"]
+from .errors import UsageError
+
+__all__ = [
+    "MAX_SIZE",
+    "bad_variable",
+    "format_size",
+    "parse_fraction",
+    "parse_size",
+    "shown",
+    "variable",
+]
 
 MAX_SIZE = 1024**6
 
@@ -106,3 +122,13 @@ def shown(value: object, limit: int = 40) -> str:
     except (ValueError, RecursionError):
         return "(too deeply nested or too long to show)"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def variable(environ: Mapping[str, str], name: str) -> str | None:
+    """The variable's value with spaces stripped; ``None`` when it is unset or empty."""
+    return environ.get(name, "").strip() or None
+
+
+def bad_variable(name: str, value: str, why: str) -> UsageError:
+    """The error for a variable whose value cannot be used: ``why`` says what it may be."""
+    return UsageError(f"{name}={shown(value)}: {why}; correct it, or unset it")

@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import UsageError
-from ..units import shown
+from ..units import bad_variable, variable
 
 __all__ = [
     "ENV_SIZE",
@@ -50,26 +49,26 @@ class BudgetSettings:
 
     def switched(self, environ: Mapping[str, str]) -> bool:
         """Whether the budget is on: ``STEPDOWN_BUDGET=on|off`` overrides ``enabled``."""
-        switch = environ.get(ENV_SWITCH, "").strip().lower()
-        if switch in _ON:
+        switch = variable(environ, ENV_SWITCH)
+        if switch is None:
+            return self.enabled
+        if switch.lower() in _ON:
             return True
-        if switch in _OFF:
+        if switch.lower() in _OFF:
             return False
-        if switch:
-            raise UsageError(f"{ENV_SWITCH}: expected on or off, not {switch!r}")
-        return self.enabled
+        raise bad_variable(ENV_SWITCH, switch, "expected on or off (or 1/0, true/false, yes/no)")
 
 
 def host_workers(environ: Mapping[str, str], default: int) -> int:
     """The budget's size: ``STEPDOWN_HOST_WORKERS`` if set, else ``default``. Raises
     :class:`UsageError` for a value that is not a whole number from 1 to :data:`MAX_SLOTS`."""
-    text = environ.get(ENV_SIZE, "").strip()
-    if not text:
+    text = variable(environ, ENV_SIZE)
+    if text is None:
         return default
     # The length keeps int() cheap on a megabyte of digits, which is out of range anyway.
     size = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else 0
     if not 1 <= size <= MAX_SLOTS:
-        raise UsageError(
-            f"{ENV_SIZE} must be a whole number of slots from 1 to {MAX_SLOTS}, not {shown(text)}"
+        raise bad_variable(
+            ENV_SIZE, text, f"expected a whole number of slots from 1 to {MAX_SLOTS}"
         )
     return size

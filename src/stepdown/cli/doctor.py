@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backends.registry import BackendInfo, infos
-from ..budget.budget import Budget
 from ..planning.plan import Plan
 from ..planning.reading import Reading
 from ..planning.resources import Resources
-from ..planning.setup import Survey, survey
+from ..planning.setup import survey
 from ..units import format_size
+from .show import budget_line, budget_status
 
 __all__ = ["DoctorReport", "doctor"]
 
@@ -80,7 +80,7 @@ class DoctorReport:
         if self.ray is not None:
             lines.append(f"  {'':<11} ray cluster: {_ray_line(self.ray)}")
         if self.budget is not None:
-            lines += ["", "host budget", f"  {_budget_line(self.budget)}"]
+            lines += ["", "host budget", f"  {budget_line(self.budget)}"]
             if self.budget.get("finding"):
                 lines.append(f"  finding: {self.budget['finding']}")
         lines += [
@@ -112,24 +112,6 @@ def _ray_line(status: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "not configured"
 
 
-def _budget_line(status: Mapping[str, Any]) -> str:
-    if status.get("error"):
-        return f"unavailable: {status['error']}"
-    if status.get("counting") is False:
-        return (
-            "not counting: no safe place for its files, so every rung gets the workers it asks for"
-        )
-    held = status.get("status") or {}
-    slots = held.get("slots") or []
-    pids = sorted({s.get("pid") for s in slots if s.get("pid") is not None})
-    state = "on" if status.get("enabled") else "off for this profile (STEPDOWN_BUDGET=on)"
-    return (
-        f"{state}: {status.get('size')} slots at {status.get('directory')}; {len(slots)} held"
-        + (f" by pids {', '.join(map(str, pids))}" if pids else "")
-        + f"; {format_size(held.get('reserved_memory', 0))} reserved"
-    )
-
-
 def _backend(backend: BackendInfo) -> BackendStatus:
     if backend.dependency is None:
         return BackendStatus(backend.name, True, None, None)
@@ -151,19 +133,6 @@ def _ray_status(resources: Resources) -> Mapping[str, Any] | None:
     return status
 
 
-def _budget(found: Survey) -> Mapping[str, Any]:
-    """The host budget's settings and status: the one the run uses when it is on, else the one
-    ``STEPDOWN_BUDGET=on`` would give (a doctor reports what is wrong, it does not fail on it)."""
-    budget = found.budget
-    if budget is None:
-        try:
-            size = found.profile.budget.size or found.resources.cpus.value or 1
-            budget = Budget.from_env(size)
-        except Exception as exc:
-            return {"error": str(exc)}
-    return {**budget.to_dict(), "enabled": found.budget is not None}
-
-
 def doctor(
     profile: str | None = None,
     policy: str | os.PathLike[str] | Mapping[str, Any] | None = None,
@@ -179,5 +148,5 @@ def doctor(
         profile_source=found.profile_source,
         plans=tuple(found.plan(n) for n in _PLAN_SIZES),
         ray=_ray_status(found.resources),
-        budget=_budget(found),
+        budget=budget_status(found),
     )

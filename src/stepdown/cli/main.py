@@ -1,7 +1,9 @@
 """The ``stepdown`` command: ``doctor``, ``plan``, ``run``, ``bench``, ``demo``.
 
 Exit codes: 0 done, 1 some task failed, 2 bad usage or a run that could not finish (a
-one-line message, no traceback), 130 interrupted.
+one-line message, no traceback), 130 interrupted. A bare ``stepdown`` prints the help and
+exits 2, as ``git`` prints its help and fails: nothing was done, and a script that ran
+``stepdown "$COMMAND"`` with an empty variable must not count that as success.
 """
 
 from __future__ import annotations
@@ -15,95 +17,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import StepdownError, UsageError
+from .parser import parser
 
 __all__ = ["main"]
 
 log = logging.getLogger("stepdown")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse's own errors: exit 2, one line
-        command = self.prog.removeprefix("stepdown").strip()
-        raise UsageError(f"{command}: {message}" if command else message)
-
-
-def _common(parser: argparse.ArgumentParser, *, policy: bool = True) -> None:
-    if policy:
-        parser.add_argument("--profile", help="profile of the policy to use (default: auto)")
-        parser.add_argument(
-            "--policy",
-            help="policy file (TOML); default: STEPDOWN_POLICY, "
-            "stepdown.toml, pyproject.toml [tool.stepdown]",
-        )
-    noise = parser.add_mutually_exclusive_group()
-    noise.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log decisions (-v INFO, -vv DEBUG)"
-    )
-    noise.add_argument("-q", "--quiet", action="store_true", help="only errors")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="stepdown",
-        description=(
-            "Run one function over many inputs on the best executor this machine can afford, "
-            "stepping down without losing a result."
-        ),
-    )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    doctor = sub.add_parser("doctor", help="what this machine offers, and the plans it gets")
-    doctor.add_argument("--json", action="store_true", help="machine-readable output")
-    _common(doctor)
-
-    plan = sub.add_parser("plan", help="the ladder and worker counts for N tasks, and why")
-    plan.add_argument("--tasks", type=int, default=None, help="number of tasks")
-    plan.add_argument("--json", action="store_true", help="machine-readable output")
-    _common(plan)
-
-    run = sub.add_parser("run", help="run MODULE:FUNCTION over a JSONL file of items")
-    run.add_argument("function", metavar="MODULE:FUNCTION")
-    run.add_argument(
-        "--input", "-i", required=True, help="JSONL file, one item a line; a pipe; - for stdin"
-    )
-    run.add_argument("--output", "-o", required=True, help="JSONL file of results; - for stdout")
-    run.add_argument("--resume", action="store_true", help="skip items already in --output")
-    run.add_argument(
-        "--errors",
-        choices=("raise", "return"),
-        default="return",
-        help="stop at the first failing item (raise) or record it and go on",
-    )
-    run.add_argument("--ladder", help="comma-separated rungs, e.g. loky:3,thread:2")
-    run.add_argument(
-        "--task-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="record an item that runs longer as a TaskTimeout error (its worker is replaced)",
-    )
-    run.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar on stderr (default: when stderr is a terminal)",
-    )
-    _common(run)
-
-    bench = sub.add_parser("bench", help="what each rung of the plan buys on this machine")
-    bench.add_argument("--tasks", type=int, default=40)
-    bench.add_argument("--json", action="store_true")
-    _common(bench)
-
-    demo = sub.add_parser("demo", help="the demo job: score ARC tasks against candidate programs")
-    demo.add_argument("--tasks", type=int, default=None, help="score only the first N tasks")
-    demo.add_argument(
-        "--kill-a-worker",
-        action="store_true",
-        help="SIGKILL one worker halfway, to watch the step down",
-    )
-    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
-    _common(demo)
-    return parser
 
 
 def _logging(args: argparse.Namespace) -> None:
@@ -135,15 +53,18 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from ..planning.setup import plan
+    from ..planning.setup import survey
+    from .show import budget_status, plan_dict, plan_text
 
     if args.tasks is not None and args.tasks < 0:
         raise UsageError(f"--tasks must be 0 or more, not {args.tasks}")
-    chosen = plan(tasks=args.tasks, profile=args.profile, policy=args.policy)
+    found = survey(args.profile, args.policy)
+    chosen = found.plan(args.tasks)
+    budget = budget_status(found)
     if args.json:
-        _print_json(chosen.to_dict())
+        _print_json(plan_dict(chosen, budget))
     else:
-        print(chosen.explain())
+        print(plan_text(chosen, budget))
     return 0
 
 
@@ -168,11 +89,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         fn,
         args.input,
         args.output,
-        resume=args.resume,
+        resume=args.resume or args.retry_errors,
+        retry_errors=args.retry_errors,
         errors=args.errors,
         progress=args.progress,
         options=options,
         stderr=sys.stderr,
+        report_json=args.report_json,
     )
 
 
@@ -211,7 +134,11 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stepdown`` console script."""
     try:
-        args = _parser().parse_args(argv)
+        command_line = parser()
+        args = command_line.parse_args(argv)
+        if args.command is None:
+            command_line.print_help()
+            return 2
         _logging(args)
         return _COMMANDS[args.command](args)
     except StepdownError as exc:  # a UsageError, or a ResourceFailure no rung could absorb

@@ -9,8 +9,9 @@ Opened before the input is read, so nothing is consumed for a run that cannot wr
     no --resume: refused unless empty
     --resume: read back ── refused, the file left as it was: a line that is not one of ours
        │       ── a torn last line (a kill mid-write): cut off
-       │       ── a torn or repeated line in the middle: the other lines are copied to a new
-       │          file that takes its place (a crash then leaves the old file or the new one)
+       │       ── a torn or repeated line in the middle, and with --retry-errors an error
+       │          line: the other lines are copied to a new file that takes its place (a
+       │          crash then leaves the old file or the new one)
     appended to, one line a result
 
 ``-o -`` writes to stdout: no lock, no check, and no ``--resume``.
@@ -38,8 +39,10 @@ _START = b'{"index": '
 
 
 class Output:
-    """Where results go. ``done`` holds the indexes already in the file (``--resume``);
-    ``repairs`` says which middle lines were removed, if any."""
+    """Where results go. ``done`` holds the indexes already in the file (``--resume``), and
+    ``failed`` those of them whose line is an error; ``retried`` the indexes whose error line
+    was removed to run them again (``--retry-errors``); ``repairs`` says which torn or repeated
+    lines were removed, if any."""
 
     def __init__(self, name: str, fd: int, held: list[int]) -> None:
         self.name = name
@@ -47,6 +50,8 @@ class Output:
         self.held = held  # open while the run lasts: each holds a lock
         self.is_file = bool(held)
         self.done: set[int] = set()
+        self.failed: set[int] = set()
+        self.retried: set[int] = set()
         self.repairs: str | None = None
 
     def write(self, data: bytes) -> None:
@@ -58,8 +63,11 @@ class Output:
         self.held = []
 
 
-def open_output(path: str, *, resume: bool, input_stat: os.stat_result) -> Output:
-    """The output, checked and locked; with ``resume``, read back and repaired."""
+def open_output(
+    path: str, *, resume: bool, input_stat: os.stat_result, retry_errors: bool = False
+) -> Output:
+    """The output, checked and locked; with ``resume``, read back and repaired, and with
+    ``retry_errors`` its error lines removed too."""
     if path == "-":
         return _stdout(resume, input_stat)
     _check_path(path)
@@ -81,7 +89,7 @@ def open_output(path: str, *, resume: bool, input_stat: os.stat_result) -> Outpu
                 )
             return output
         try:
-            _resume(output)
+            _resume(output, retry_errors)
         except OSError as exc:
             raise UsageError(f"cannot resume output {path}: {exc.strerror or exc}") from None
     except BaseException:
@@ -152,25 +160,31 @@ def _lock(fd: int, path: str) -> None:
         ) from None
 
 
-def _resume(output: Output) -> None:
-    """Read the file back: the indexes done; torn and repeated lines removed."""
+def _resume(output: Output, retry_errors: bool) -> None:
+    """Read the file back: the indexes done; torn and repeated lines removed, and error lines
+    when ``retry_errors``."""
     name = output.name
     drop: set[int] = set()  # offsets of the lines to remove
     removed: list[str] = []  # of them, the whole lines: a kill cuts only the last one
     first_drop: int | None = None
     kept_after_drop = False
     for number, offset, line in _lines(output.fd, name):
-        index = _index(line, name, number)
+        index, failed = _index(line, name, number)
         whole = line.endswith(b"\n")
-        if index is not None and whole and index not in output.done:
-            output.done.add(index)
-            kept_after_drop = first_drop is not None
-            continue
-        drop.add(offset)
-        first_drop = offset if first_drop is None else first_drop
-        if whole:
+        if whole and index is not None and index not in output.done:
+            if not (failed and retry_errors):
+                output.done.add(index)
+                output.retried.discard(index)
+                if failed:
+                    output.failed.add(index)
+                kept_after_drop = first_drop is not None
+                continue
+            output.retried.add(index)  # an error line, removed so that its item runs again
+        elif whole:
             why = "cut short" if index is None else f"index {index} again"
             removed.append(f"{number} ({why})")
+        drop.add(offset)
+        first_drop = offset if first_drop is None else first_drop
     if first_drop is None:
         return
     if kept_after_drop:
@@ -186,20 +200,20 @@ def _resume(output: Output) -> None:
         )
 
 
-def _index(line: bytes, name: str, number: int) -> int | None:
-    """The index a result line holds; ``None`` for a line cut short. Anything else means the
-    file is not a run's output, and it is refused as it is."""
+def _index(line: bytes, name: str, number: int) -> tuple[int | None, bool]:
+    """The index a result line holds (``None`` for a line cut short), and whether the line is
+    an error. Anything else means the file is not a run's output, and it is refused as it is."""
     try:
         record: Any = json.loads(line)
     except (ValueError, RecursionError):
         body = line.rstrip(b"\n")
         if body and (body.startswith(_START) or _START.startswith(body)):
-            return None
+            return None, False
         record = None
     if isinstance(record, dict) and len(record) == 2 and {"result", "error"} & record.keys():
         index = record.get("index")
         if type(index) is int and index >= 0:
-            return index
+            return index, "error" in record
     raise UsageError(
         f"{name}:{number}: not a line stepdown run writes, so {name} is not the output of a "
         "run; it was left as it is: give another --output"

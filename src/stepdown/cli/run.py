@@ -3,8 +3,9 @@
 Batch jobs without Python glue. Each input line is one item (JSON); each output line is
 ``{"index": i, "result": ...}`` or ``{"index": i, "error": {...}}``, written as results arrive,
 so a crash of this command loses nothing already written. ``--resume`` skips the indexes
-already in the output. What the input and the output may be, and how a torn output is
-repaired: :mod:`.jsonl` and :mod:`.output`.
+already in the output (``--retry-errors`` also runs again those whose line is an error);
+``--report-json`` writes the report as JSON. What the input and the output may be, and how a
+torn output is repaired: :mod:`.jsonl` and :mod:`.output`.
 """
 
 from __future__ import annotations
@@ -113,21 +114,61 @@ def run_jsonl(
     progress: bool | None,
     options: Options,
     stderr: IO[str],
+    retry_errors: bool = False,
+    report_json: str | None = None,
 ) -> int:
-    """Run the job; return the exit code (0 all done, 1 some task failed, 2 it could not
-    finish: the results written are kept)."""
+    """Run the job; return the exit code (0 all done, 1 some item failed, in this run or an
+    earlier one whose error line is kept; 2 it could not finish: the results written are
+    kept). ``retry_errors`` runs the items of error lines again; ``report_json`` is a path
+    (``-``: stdout) for the report as JSON."""
+    if report_json is not None:
+        _check_report_path(report_json, input_path, output_path)
     source = Input(input_path)
     try:
-        output = open_output(output_path, resume=resume, input_stat=source.stat)
+        output = open_output(
+            output_path, resume=resume, input_stat=source.stat, retry_errors=retry_errors
+        )
         try:
             if output.repairs:
                 print(f"stepdown: {output.repairs}", file=stderr)
             source.check()
-            return _run(fn, source, output, errors, progress, options, stderr)
+            summary = _run(fn, source, output, errors, progress, options, stderr)
         finally:
             output.close()
     finally:
         source.close()
+    if report_json is not None:
+        _write_report(report_json, summary)
+    code: int = summary["exit_code"]
+    return code
+
+
+def _check_report_path(path: str, input_path: str, output_path: str) -> None:
+    """Refused before the run, not after it: a report that cannot be written, or that would
+    overwrite the items or the results."""
+    if path == "-":
+        if output_path == "-":
+            raise UsageError("--report-json - and --output - would both write to stdout")
+        return
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise UsageError(f"cannot write --report-json {path}: no directory {folder}")
+    for other, what in ((input_path, "--input"), (output_path, "--output")):
+        if other != "-" and os.path.realpath(other) == os.path.realpath(path):
+            raise UsageError(f"--report-json {path} is the {what} file: give another path")
+
+
+def _write_report(path: str, summary: dict[str, Any]) -> None:
+    text = json.dumps(summary, indent=2, default=str) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write --report-json {path}: {exc.strerror or exc}") from None
 
 
 def _run(
@@ -138,17 +179,20 @@ def _run(
     progress: bool | None,
     options: Options,
     stderr: IO[str],
-) -> int:
+) -> dict[str, Any]:
+    """Run what is left; the report, as :func:`run_jsonl` writes it with ``--report-json``."""
     from ..api import start
     from ..runner.progress import progress_bar
 
-    done = output.done
-    todo = source.count - len([i for i in done if i < source.count])
+    done = {i for i in output.done if i < source.count}
+    earlier = sorted(i for i in output.failed if i < source.count)
     # The runner numbers what it reads; this remembers which input line each number was.
     lines: list[int] = []
     engine = start(_Indexed(fn), _Recorder(source.items(done), lines), options)
     failed = written = 0
-    bar = progress_bar(todo, progress)
+    stopped: str | None = None
+    broken = False  # the run could not finish: no rung left, or the output took no more
+    bar = progress_bar(source.count - len(done), progress, engine.report)
     outcomes = iter(engine)
     try:
         for position, value, ok in outcomes:
@@ -164,7 +208,8 @@ def _run(
             if why is not None:
                 failed += 1
                 if errors == "raise":
-                    print(f"stepdown: item {index} failed: {why}", file=stderr)
+                    stopped = f"item {index} failed: {why}"
+                    print(f"stepdown: {stopped}", file=stderr)
                     break
             if bar is not None:
                 bar.update(1)
@@ -172,16 +217,40 @@ def _run(
         kept = f"{written} results written to {output.name} by this run"
         if output.is_file:
             kept = f"the {kept} are kept: run again with --resume to finish"
-        print(f"stepdown: {' '.join(str(exc).splitlines())}; {kept}", file=stderr)
-        return 2
+        stopped = f"{' '.join(str(exc).splitlines())}; {kept}"
+        broken = True
+        print(f"stepdown: {stopped}", file=stderr)
     finally:
         outcomes.close()  # after a break or a failure: cancel what is queued, free the executor
         if bar is not None:
             bar.close()
-    print(str(engine.report), file=stderr)
+    if not broken:
+        print(str(engine.report), file=stderr)
     if done:
         print(f"resumed: {len(done)} items were already in {output.name}", file=stderr)
-    return 1 if failed else 0
+    if output.retried:
+        print(f"retried: {len(output.retried)} items whose line was an error", file=stderr)
+    if earlier:
+        print(
+            f"stepdown: {len(earlier)} items in {output.name} are errors from an earlier run "
+            f"(first: item {earlier[0]}): --retry-errors runs them again",
+            file=stderr,
+        )
+    code = 2 if broken else 1 if failed or earlier else 0
+    return {
+        "exit_code": code,
+        "input": source.name,
+        "output": output.name,
+        "items": source.count,
+        "resumed": len(done),
+        "retried_errors": len(output.retried),
+        "earlier_errors": len(earlier),
+        "written": written,
+        "failed": failed,
+        "stopped": stopped,
+        "summary": str(engine.report),
+        "report": engine.report.to_dict(),
+    }
 
 
 class _Recorder:

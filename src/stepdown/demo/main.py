@@ -53,7 +53,7 @@ def demo(
         flush=True,
     )
     scores: list[TaskScore | None] = [None] * len(arc)
-    bar = progress_bar(len(arc), progress)
+    bar = progress_bar(len(arc), progress, engine.report)
     started = time.perf_counter()
     killed = not kill_a_worker
     try:

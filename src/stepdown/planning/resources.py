@@ -3,13 +3,13 @@
 Each figure comes from small sources that return ``None`` when they cannot read and never raise;
 the smallest figure wins and its :class:`Reading` says where it came from (cgroup limits from
 :mod:`.cgroup`). An environment variable (``STEPDOWN_CPUS``, ``STEPDOWN_MEMORY``, ...) replaces a
-figure on hosts that lie. The file layer takes a ``root`` directory so tests can point it at a
-fixture tree. psutil is imported on first use, so importing this module stays cheap.
+figure on hosts that lie; a value it cannot use is an error, as for every ``STEPDOWN_*``
+variable (:mod:`stepdown.units`). The file layer takes a ``root`` directory so tests can point
+it at a fixture tree. psutil is imported on first use, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..units import parse_size, shown
+from ..units import bad_variable, parse_size, variable
 from .cgroup import (
     CONTROLLERS,
     Cgroup,
@@ -59,8 +59,6 @@ __all__ = [
     "read_resources",
     "tree_rss",
 ]
-
-_log = logging.getLogger("stepdown")
 
 
 @dataclass(frozen=True)
@@ -205,21 +203,21 @@ _OVERRIDES: Mapping[str, Callable[[str], int]] = {
 
 
 def override(environ: Mapping[str, str], name: str) -> Reading | None:
-    """The figure an environment variable forces, or ``None`` when unset, malformed or out of
-    range (sizes: at most 1 EiB)."""
-    text = environ.get(name, "").strip()
-    if not text:  # `STEPDOWN_CPUS= cmd` unsets it, as shells users expect
+    """The figure an environment variable forces, or ``None`` when it is unset or empty.
+    Raises :class:`UsageError` for a value that is malformed or out of range (sizes: at most
+    1 EiB): a figure set on purpose and then ignored would size the run wrongly."""
+    text = variable(environ, name)
+    if text is None:
         return None
     try:
         return Reading(_OVERRIDES[name](text), name)
     except ValueError as exc:
-        # A typo must not stop a run: warn, and measure instead.
-        _log.warning("ignoring %s=%s: %s; measuring that figure instead", name, shown(text), exc)
-        return None
+        raise bad_variable(name, text, str(exc)) from None
 
 
 def read_resources(environ: Mapping[str, str], *, root: str = "/") -> Resources:
-    """Read every source now, under ``root`` (a fixture tree in tests). Never raises."""
+    """Read every source now, under ``root`` (a fixture tree in tests). A source that cannot
+    read never raises; a malformed override does (:func:`override`)."""
     entries = parse_proc_cgroup(read_text(under(root, "/proc/self/cgroup")))
     mounts = parse_mountinfo(read_text(under(root, "/proc/self/mountinfo")))
     groups = find_cgroups(entries, mounts, root)
@@ -272,7 +270,7 @@ _cache: tuple[float, tuple[object, ...], Resources] | None = None
 
 
 def probe(environ: Mapping[str, str] | None = None, *, max_age: float = 0.0) -> Resources:
-    """What this machine can afford now. Never raises.
+    """What this machine can afford now (see :func:`read_resources`).
 
     ``environ`` defaults to ``os.environ``. With ``max_age > 0``, a snapshot taken less than
     ``max_age`` seconds ago by this process, under the same variables, is returned as is.

@@ -8,8 +8,9 @@ Which profile, first found wins::
 
     argument ─▶ $STEPDOWN_PROFILE ─▶ the policy's top-level ``profile`` ─▶ "auto"
 
-A user's profiles are laid over the built-in ones by name (a user's ``kaggle`` replaces the
-built-in ``kaggle`` whole). The format is documented in ``docs/policy.md``.
+``auto`` picks the first of the user's profiles whose ``when`` holds, else a built-in one (see
+:func:`_auto`). A user's profiles are laid over the built-in ones by name (a user's ``kaggle``
+replaces the built-in ``kaggle``, or ``extends`` it). The format is in ``docs/policy.md``.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from ...errors import PolicyError
-from ...units import format_size, shown
+from ...units import format_size, shown, variable
 from ..resources import Resources, probe
 from .model import Policy, Profile
-from .parse import builtin, describe, parse_document, profile_names
+from .parse import builtin, parse_document, profile_names
+from .values import describe
 
 __all__ = [
     "AUTO_SERVER_MIN_CPUS",
@@ -82,10 +84,11 @@ def load_policy(
             f"not {type(policy).__name__}",
             source="argument",
         )
-    from_env = env.get("STEPDOWN_POLICY")
-    if from_env:
+    from_env = variable(env, "STEPDOWN_POLICY")
+    if from_env is not None:
         path = _absolute(base, from_env)
-        return _merge(_load_file(path, "", f"STEPDOWN_POLICY ({path})"))
+        label = f"STEPDOWN_POLICY ({path})"
+        return _merge(_load_file(path, "", label, " named by STEPDOWN_POLICY"))
     if base is None:  # the working directory was deleted: it holds no policy
         return builtin()
     # exists(), not is_file(): a FIFO or a directory by that name is refused, not passed over.
@@ -122,10 +125,10 @@ _FILE_CACHE: dict[tuple[str, str, str, bytes], Policy | None] = {}
 _FILE_CACHE_SIZE = 32
 
 
-def _load_file(path: str, section: str, label: str) -> Policy | None:
+def _load_file(path: str, section: str, label: str, named_by: str = "") -> Policy | None:
     """Parse one TOML file; ``section`` (``"tool.stepdown"``) selects a table in it, and its
-    absence gives ``None``."""
-    data = _read(path)
+    absence gives ``None``. ``named_by`` says where the path came from, when it cannot be read."""
+    data = _read(path, named_by)
     key = (path, section, label, data)
     if key in _FILE_CACHE:
         return _FILE_CACHE[key]
@@ -159,7 +162,7 @@ def _load_file(path: str, section: str, label: str) -> Policy | None:
     return result
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, named_by: str) -> bytes:
     """The file's bytes, if it is a regular file of at most :data:`MAX_POLICY_BYTES`.
 
     O_NONBLOCK: opening a FIFO waits for a writer; this way it opens at once, and is refused.
@@ -168,7 +171,7 @@ def _read(path: str) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise PolicyError(f"cannot read the policy file: {message}", path) from None
+        raise PolicyError(f"cannot read the policy file{named_by}: {message}", path) from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -185,7 +188,9 @@ def _read(path: str) -> bytes:
             chunks.append(chunk)
             size += len(chunk)
     except OSError as exc:
-        raise PolicyError(f"cannot read the policy file: {exc.strerror or exc}", path) from None
+        raise PolicyError(
+            f"cannot read the policy file{named_by}: {exc.strerror or exc}", path
+        ) from None
     finally:
         os.close(fd)
     raise PolicyError(
@@ -199,7 +204,9 @@ def _merge(user: Policy | None) -> Policy:
     base = builtin()
     if user is None:
         return base
-    profiles = MappingProxyType({**base.profiles, **user.profiles})
+    # The user's first, in the order written: ``auto`` tries their ``when`` in that order.
+    rest = {name: found for name, found in base.profiles.items() if name not in user.profiles}
+    profiles = MappingProxyType({**user.profiles, **rest})
     return Policy(profiles, user.default_profile, user.source)
 
 
@@ -216,8 +223,8 @@ def choose_profile(
     env = os.environ if environ is None else environ
     if profile is not None:
         name, origin = profile, "argument"
-    elif env.get("STEPDOWN_PROFILE"):
-        name, origin = env["STEPDOWN_PROFILE"], "STEPDOWN_PROFILE"
+    elif (from_env := variable(env, "STEPDOWN_PROFILE")) is not None:
+        name, origin = from_env, "STEPDOWN_PROFILE"
     elif policy.default_profile is not None:
         name, origin = policy.default_profile, f"'profile' in {policy.source}"
     else:
@@ -227,7 +234,7 @@ def choose_profile(
     if name == "auto":
         if resources is None:
             resources = probe(env, max_age=1.0)
-        name, why = _auto(resources, env)
+        name, why = _auto(policy, resources, env)
         origin = f"auto: {why}" if origin == "built-in" else f"{origin} = auto; {why}"
     if name not in policy.profiles:
         raise PolicyError(
@@ -237,8 +244,14 @@ def choose_profile(
     return policy.profiles[name], origin
 
 
-def _auto(resources: Resources, environ: Mapping[str, str]) -> tuple[str, str]:
-    """Ray, then Kaggle, then a big host, else a laptop: the name, and why."""
+def _auto(policy: Policy, resources: Resources, environ: Mapping[str, str]) -> tuple[str, str]:
+    """The first profile whose ``when`` holds; else Ray, then Kaggle, then a big host, else a
+    laptop: the name, and why."""
+    for candidate in policy.profiles.values():
+        if candidate.when is not None:
+            holds, why = candidate.when.holds(None, resources)
+            if holds:
+                return candidate.name, f"the 'when' of profile {candidate.name} holds: {why}"
     env = resources.env
     if env.ray_address is not None:
         if environ.get("RAY_ADDRESS"):

@@ -131,10 +131,12 @@ class Profile:
 
     ``memory_per_worker`` is bytes, ``"auto"`` (the caller's measured footprint), or ``None``
     (do not limit workers by memory). ``budget`` says whether and how it shares a host budget.
+    ``when`` says when ``auto`` picks it (``None``: only by its name).
     """
 
     name: str
     rules: tuple[Rule, ...]
+    when: Conditions | None = None
     memory_per_worker: int | Literal["auto"] | None = "auto"
     memory_headroom: float = DEFAULT_MEMORY_HEADROOM
     budget: BudgetSettings = field(default_factory=BudgetSettings)

@@ -1,4 +1,5 @@
-"""Checking a policy table and building the model from it: one small function per table.
+"""Checking a policy table and building the model from it: one small function per table
+(:mod:`.values` checks single values, :mod:`.extends` lays a profile over the one it extends).
 
 ``where`` is the key path (``profiles.kaggle.rules[1].ladder[0]``), ``source`` the file. Every
 mistake is a :class:`~stepdown.errors.PolicyError` naming both; nothing else leaves here. The
@@ -23,15 +24,25 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 from ...budget.settings import MAX_SLOTS, ON_EXHAUSTED, BudgetSettings
 from ...errors import PolicyError
-from ...units import parse_fraction, parse_size, shown
+from ...units import shown
 from ..rung import Rung, ending_last, parse_rung
-from .model import DEFAULT_MEMORY_HEADROOM, ENVIRONMENTS, Conditions, Policy, Profile, Rule
+from .extends import lay_over
+from .model import ENVIRONMENTS, Conditions, Policy, Profile, Rule
+from .values import (
+    as_fraction,
+    as_headroom,
+    as_size,
+    as_table,
+    as_whole,
+    check_keys,
+    describe,
+    key_part,
+)
 
 __all__ = [
     "BUILTIN_SOURCE",
     "builtin",
     "builtin_text",
-    "describe",
     "parse_document",
     "parse_policy_ladder",
     "parse_policy_rung",
@@ -41,7 +52,15 @@ __all__ = [
 BUILTIN_SOURCE = "<built-in>"
 
 _TOP_KEYS = ("profile", "profiles")
-_PROFILE_KEYS = ("description", "memory_per_worker", "memory_headroom", "rules", "budget")
+_PROFILE_KEYS = (
+    "description",
+    "memory_per_worker",
+    "memory_headroom",
+    "rules",
+    "budget",
+    "extends",
+    "when",
+)
 _RULE_KEYS = ("when", "ladder")
 _WHEN_KEYS = ("tasks_below", "tasks_at_least", "min_free_memory", "min_cpus", "env")
 _BUDGET_KEYS = ("enabled", "size", "on_exhausted", "wait")
@@ -51,6 +70,13 @@ _PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 def builtin_text() -> str:
     """The built-in profiles as TOML, word for word as ``docs/policy.md`` shows them."""
     return importlib.resources.files(__package__).joinpath("builtin.toml").read_text("utf-8")
+
+
+@cache
+def _builtin_tables() -> Mapping[str, Mapping[Any, Any]]:
+    """The built-in profiles as tables, for a user's profile to extend."""
+    tables: Mapping[str, Mapping[Any, Any]] = tomllib.loads(builtin_text())["profiles"]
+    return tables
 
 
 @cache
@@ -64,78 +90,12 @@ def profile_names(profiles: Mapping[str, Profile]) -> str:
     return ", ".join(["auto", *sorted(profiles)])
 
 
-def describe(value: object) -> str:
-    """What a value is, for a message: ``an integer (3)``, ``a table``, ..."""
-    if isinstance(value, bool):
-        return f"a boolean ({value!r})"
-    if isinstance(value, int):
-        return f"an integer ({shown(value)})"
-    if isinstance(value, float):
-        return f"a float ({value!r})"
-    if isinstance(value, str):
-        return f"a string ({shown(value)})"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, (list, tuple)):
-        return "an array"
-    if value is None:
-        return "nothing (None)"
-    return f"a {type(value).__name__}"
-
-
-def _table(value: object, source: str, where: str) -> Mapping[Any, Any]:
-    if not isinstance(value, Mapping):
-        raise PolicyError(f"expected a table, found {describe(value)}", source, where)
-    return value
-
-
-def _part(key: object) -> str:
-    """A key as a part of a key path: itself if it is a short string, else shown."""
-    return key if isinstance(key, str) and len(key) <= 40 else shown(key)
-
-
-def _check_keys(
-    table: Mapping[Any, Any], allowed: tuple[str, ...], source: str, where: str
-) -> None:
-    for key in table:
-        if key not in allowed:
-            raise PolicyError(
-                f"unknown key {shown(key)}; allowed: {', '.join(allowed)}",
-                source,
-                f"{where}.{_part(key)}" if where else _part(key),
-            )
-
-
-def _int(value: object, minimum: int, source: str, where: str, maximum: int | None = None) -> int:
-    expected = f"a whole number >= {minimum}" + (
-        f" and <= {maximum}" if maximum is not None else ""
-    )
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PolicyError(f"expected {expected}, found {describe(value)}", source, where)
-    if value < minimum or (maximum is not None and value > maximum):
-        raise PolicyError(f"expected {expected}, not {shown(value)}", source, where)
-    return value
-
-
-def _size(value: object, source: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise PolicyError(
-            f"expected a size such as '1.5GiB' or a byte count, found {describe(value)}",
-            source,
-            where,
-        )
-    try:
-        return parse_size(value)
-    except (ValueError, OverflowError) as exc:
-        raise PolicyError(str(exc), source, where) from None
-
-
 def parse_document(document: object, source: str, prefix: str, label: str) -> Policy:
     """A policy from a parsed TOML document (or a dict): ``source`` names it in errors,
     ``prefix`` is the key path of the table (``"tool.stepdown."``), ``label`` says where it
     came from. Raises :class:`PolicyError` only."""
-    top = _table(document, source, prefix.rstrip("."))
-    _check_keys(top, _TOP_KEYS, source, prefix.rstrip("."))
+    top = as_table(document, source, prefix.rstrip("."))
+    check_keys(top, _TOP_KEYS, source, prefix.rstrip("."))
     default = top.get("profile")
     if default is not None and not isinstance(default, str):
         raise PolicyError(
@@ -143,10 +103,10 @@ def parse_document(document: object, source: str, prefix: str, label: str) -> Po
             source,
             prefix + "profile",
         )
-    raw_profiles = _table(top.get("profiles", {}), source, prefix + "profiles")
-    profiles: dict[str, Profile] = {}
+    raw_profiles = as_table(top.get("profiles", {}), source, prefix + "profiles")
+    own: dict[str, Mapping[Any, Any]] = {}
     for name, body in raw_profiles.items():
-        where = f"{prefix}profiles.{_part(name)}"
+        where = f"{prefix}profiles.{key_part(name)}"
         if not isinstance(name, str) or not _PROFILE_NAME.match(name):
             raise PolicyError(
                 f"a profile name is letters, digits, '-' and '_', not {shown(name)}",
@@ -159,7 +119,13 @@ def parse_document(document: object, source: str, prefix: str, label: str) -> Po
                 source,
                 where,
             )
-        profiles[name] = _parse_profile(name, body, source, where, label)
+        own[name] = as_table(body, source, where)
+    bases = _builtin_tables() if source != BUILTIN_SOURCE else {}
+    parsed = {
+        name: _parse_profile(name, table, source, f"{prefix}profiles.{name}", label)
+        for name, table in lay_over(own, bases, source, prefix).items()
+    }
+    profiles = {name: parsed[name] for name in own}  # in the order written: auto tries them so
     if default is not None and default != "auto":
         known = {**builtin().profiles, **profiles} if source != BUILTIN_SOURCE else profiles
         if default not in known:
@@ -171,9 +137,10 @@ def parse_document(document: object, source: str, prefix: str, label: str) -> Po
     return Policy(MappingProxyType(profiles), default, label)
 
 
-def _parse_profile(name: str, body: object, source: str, where: str, label: str) -> Profile:
-    table = _table(body, source, where)
-    _check_keys(table, _PROFILE_KEYS, source, where)
+def _parse_profile(
+    name: str, table: Mapping[Any, Any], source: str, where: str, label: str
+) -> Profile:
+    check_keys(table, _PROFILE_KEYS, source, where)
     description = table.get("description", "")
     if not isinstance(description, str):
         raise PolicyError(
@@ -182,7 +149,7 @@ def _parse_profile(name: str, body: object, source: str, where: str, label: str)
     memory = _memory_per_worker(
         table.get("memory_per_worker", "auto"), source, f"{where}.memory_per_worker"
     )
-    headroom = _headroom(table.get("memory_headroom"), source, f"{where}.memory_headroom")
+    headroom = as_headroom(table.get("memory_headroom"), source, f"{where}.memory_headroom")
     budget = _budget(table.get("budget", {}), source, f"{where}.budget")
     rules_where = f"{where}.rules"
     if "rules" not in table:
@@ -211,6 +178,7 @@ def _parse_profile(name: str, body: object, source: str, where: str, label: str)
     return Profile(
         name=name,
         rules=rules,
+        when=_profile_when(table, source, f"{where}.when"),
         memory_per_worker=memory,
         memory_headroom=headroom,
         budget=budget,
@@ -219,12 +187,27 @@ def _parse_profile(name: str, body: object, source: str, where: str, label: str)
     )
 
 
+def _profile_when(table: Mapping[Any, Any], source: str, where: str) -> Conditions | None:
+    """When ``auto`` picks this profile; ``None``: only by its name."""
+    if "when" not in table:
+        return None
+    when = _parse_when(table["when"], source, where)
+    if when.tasks_below is not None or when.tasks_at_least is not None:
+        raise PolicyError(
+            "a profile's 'when' cannot count tasks: the profile is chosen before the task count "
+            "is known (put tasks_below or tasks_at_least in a rule's 'when')",
+            source,
+            where,
+        )
+    return when
+
+
 def _memory_per_worker(value: object, source: str, where: str) -> int | Literal["auto"] | None:
     if value == "auto":
         return "auto"
     if value == "none":
         return None
-    size = _size(value, source, where)
+    size = as_size(value, source, where)
     if size <= 0:
         raise PolicyError(
             "expected 'auto', 'none' or a size above 0 (write 'none' not to limit workers "
@@ -235,22 +218,9 @@ def _memory_per_worker(value: object, source: str, where: str) -> int | Literal[
     return size
 
 
-def _headroom(value: object, source: str, where: str) -> float:
-    if value is None:
-        return DEFAULT_MEMORY_HEADROOM
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise PolicyError(
-            f"expected a fraction such as '15%' or 0.15, found {describe(value)}", source, where
-        )
-    try:
-        return parse_fraction(value)
-    except (ValueError, OverflowError) as exc:
-        raise PolicyError(str(exc), source, where) from None
-
-
 def _budget(value: object, source: str, where: str) -> BudgetSettings:
-    table = _table(value, source, where)
-    _check_keys(table, _BUDGET_KEYS, source, where)
+    table = as_table(value, source, where)
+    check_keys(table, _BUDGET_KEYS, source, where)
     found: dict[str, Any] = {}
     if "enabled" in table:
         if not isinstance(table["enabled"], bool):
@@ -261,7 +231,7 @@ def _budget(value: object, source: str, where: str) -> BudgetSettings:
             )
         found["enabled"] = table["enabled"]
     if "size" in table:
-        found["size"] = _int(table["size"], 1, source, f"{where}.size", MAX_SLOTS)
+        found["size"] = as_whole(table["size"], 1, source, f"{where}.size", MAX_SLOTS)
     if "on_exhausted" in table:
         if table["on_exhausted"] not in ON_EXHAUSTED:
             raise PolicyError(
@@ -288,8 +258,8 @@ def _budget(value: object, source: str, where: str) -> BudgetSettings:
 
 
 def _parse_rule(value: object, source: str, where: str) -> Rule:
-    table = _table(value, source, where)
-    _check_keys(table, _RULE_KEYS, source, where)
+    table = as_table(value, source, where)
+    check_keys(table, _RULE_KEYS, source, where)
     when = _parse_when(table.get("when", {}), source, f"{where}.when")
     if "ladder" not in table:
         raise PolicyError(
@@ -301,21 +271,21 @@ def _parse_rule(value: object, source: str, where: str) -> Rule:
 
 
 def _parse_when(value: object, source: str, where: str) -> Conditions:
-    table = _table(value, source, where)
-    _check_keys(table, _WHEN_KEYS, source, where)
+    table = as_table(value, source, where)
+    check_keys(table, _WHEN_KEYS, source, where)
     found: dict[str, Any] = {}
     if "tasks_below" in table:
-        found["tasks_below"] = _int(table["tasks_below"], 1, source, f"{where}.tasks_below")
+        found["tasks_below"] = as_whole(table["tasks_below"], 1, source, f"{where}.tasks_below")
     if "tasks_at_least" in table:
-        found["tasks_at_least"] = _int(
+        found["tasks_at_least"] = as_whole(
             table["tasks_at_least"], 0, source, f"{where}.tasks_at_least"
         )
     if "min_free_memory" in table:
-        found["min_free_memory"] = _size(
+        found["min_free_memory"] = as_size(
             table["min_free_memory"], source, f"{where}.min_free_memory"
         )
     if "min_cpus" in table:
-        found["min_cpus"] = _int(table["min_cpus"], 1, source, f"{where}.min_cpus")
+        found["min_cpus"] = as_whole(table["min_cpus"], 1, source, f"{where}.min_cpus")
     if "env" in table:
         found["env"] = _parse_env(table["env"], source, f"{where}.env")
     return Conditions(**found)
@@ -366,7 +336,7 @@ def parse_policy_rung(spec: object, source: str, where: str) -> Rung:
     if isinstance(spec, Mapping):
         spec = dict(spec)
         if "fraction" in spec:
-            extra["fraction"] = _fraction(spec.pop("fraction"), source, f"{where}.fraction")
+            extra["fraction"] = as_fraction(spec.pop("fraction"), source, f"{where}.fraction")
         if "memory_per_worker" in spec:
             key = f"{where}.memory_per_worker"
             memory = _memory_per_worker(spec.pop("memory_per_worker"), source, key)
@@ -382,13 +352,3 @@ def parse_policy_rung(spec: object, source: str, where: str) -> Rung:
     if extra:
         rung = Rung(rung.backend, rung.workers, {**rung.options, **extra})
     return rung
-
-
-def _fraction(value: object, source: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise PolicyError(
-            f"expected a number above 0 and at most 1 (0.5 = half), found {describe(value)}",
-            source,
-            where,
-        )
-    return float(value)
