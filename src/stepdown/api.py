@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
@@ -14,7 +14,7 @@ from .options import Errors, Options
 from .planning.setup import Setup, prepare
 from .runner.batch import Starred
 from .runner.engine import Engine
-from .runner.progress import progress_bar
+from .runner.progress import Bar, progress_bar
 from .runner.report import Report
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def run(
     /,
     *iterables: Iterable[Any],
     errors: Literal["raise"] = "raise",
-    progress: bool | None = False,
+    progress: bool | None = None,
     **options: Unpack[RunOptions],
 ) -> Run[R]: ...
 
@@ -130,7 +130,7 @@ def run(
     /,
     *iterables: Iterable[Any],
     errors: Literal["return"],
-    progress: bool | None = False,
+    progress: bool | None = None,
     **options: Unpack[RunOptions],
 ) -> Run[R | BaseException]: ...
 
@@ -141,7 +141,7 @@ def run(
     /,
     *iterables: Iterable[Any],
     errors: Errors = "raise",
-    progress: bool | None = False,
+    progress: bool | None = None,
     **options: Unpack[RunOptions],
 ) -> Run[Any]:
     """Run ``fn`` on every item, stepping down the ladder when the machine says no.
@@ -151,15 +151,16 @@ def run(
     the first task exception is raised unchanged (its worker traceback as ``__cause__``, a note
     naming the task) and the rest is cancelled; :func:`finished` gives the results that had
     finished. With ``errors="return"`` it takes that task's place in ``results``. ``progress``
-    shows a bar on stderr (``None``: only on a terminal). The other options (``ladder``,
-    ``profile``, ``policy``, ``max_workers``, ``task_memory``, ``task_timeout``,
+    shows a bar on stderr naming the rung that runs (``None``: where a person is watching, a
+    terminal or a notebook, not in CI, once the run has lasted a second). The other options
+    (``ladder``, ``profile``, ``policy``, ``max_workers``, ``task_memory``, ``task_timeout``,
     ``initializer``, ``initargs``, ``max_tasks_per_child``, ``stall_timeout``,
     ``memory_error``, ``batch_size``, ``reuse``) are :class:`~stepdown.options.Options`'.
     """
     one, items = _one_argument(fn, (iterable, *iterables))
     engine = start(one, items, Options(errors=errors, progress=progress, **options))
     results: list[Any] = []
-    bar = progress_bar(engine.report.tasks or None, progress)
+    bar = progress_bar(engine.report.tasks or None, progress, engine.report)
     try:
         for _index, value, _ok in engine:
             results.append(value)
@@ -182,7 +183,7 @@ def map(
     /,
     *iterables: Iterable[Any],
     errors: Literal["raise"] = "raise",
-    progress: bool | None = False,
+    progress: bool | None = None,
     **options: Unpack[RunOptions],
 ) -> list[R]: ...
 
@@ -194,7 +195,7 @@ def map(
     /,
     *iterables: Iterable[Any],
     errors: Literal["return"],
-    progress: bool | None = False,
+    progress: bool | None = None,
     **options: Unpack[RunOptions],
 ) -> list[R | BaseException]: ...
 
@@ -205,7 +206,7 @@ def map(
     /,
     *iterables: Iterable[Any],
     errors: Errors = "raise",
-    progress: bool | None = False,
+    progress: bool | None = None,
     **options: Unpack[RunOptions],
 ) -> list[Any]:
     """``run(fn, *iterables, ...).results``."""
@@ -220,6 +221,7 @@ def imap(
     *iterables: Iterable[Any],
     ordered: bool = True,
     errors: Literal["raise"] = "raise",
+    progress: bool | None = None,
     **options: Unpack[RunOptions],
 ) -> Results[R]: ...
 
@@ -232,6 +234,7 @@ def imap(
     *iterables: Iterable[Any],
     ordered: bool = True,
     errors: Literal["return"],
+    progress: bool | None = None,
     **options: Unpack[RunOptions],
 ) -> Results[R | BaseException]: ...
 
@@ -243,23 +246,41 @@ def imap(
     *iterables: Iterable[Any],
     ordered: bool = True,
     errors: Errors = "raise",
+    progress: bool | None = None,
     **options: Unpack[RunOptions],
 ) -> Results[Any]:
     """Results as they come: in input order, or as completed with ``ordered=False``.
 
     Items are read lazily: a generator of a million items is never held in memory at once.
     The iterator's ``report`` tells what the run has done so far; ``close()`` stops it early.
+    ``progress`` is ``run``'s.
     """
     one, items = _one_argument(fn, (iterable, *iterables))
-    return Results(start(one, items, Options(errors=errors, ordered=ordered, **options)))
+    chosen = Options(errors=errors, ordered=ordered, progress=progress, **options)
+    engine = start(one, items, chosen)
+    return Results(engine, progress_bar(engine.report.tasks or None, progress, engine.report))
+
+
+def _counted(engine: Engine, bar: Bar | None) -> Generator[tuple[int, Any, bool], None, None]:
+    """The engine's outcomes, each counted on ``bar``; closing this closes both."""
+    outcomes = iter(engine)
+    try:
+        for outcome in outcomes:
+            if bar is not None:
+                bar.update(1)
+            yield outcome
+    finally:
+        outcomes.close()
+        if bar is not None:
+            bar.close()
 
 
 class Results(Iterator[R]):
     """The iterator ``imap`` returns: results, and the ``report`` of the run so far."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, bar: Bar | None = None) -> None:
         self._engine = engine
-        self._outcomes = iter(engine)
+        self._outcomes = _counted(engine, bar)
 
     @property
     def report(self) -> Report:
@@ -279,6 +300,4 @@ class Results(Iterator[R]):
 
     def close(self) -> None:
         """Stop the run: cancel what is queued and free the executor."""
-        close = getattr(self._outcomes, "close", None)
-        if close is not None:
-            close()
+        self._outcomes.close()

@@ -19,6 +19,7 @@ from .planning.setup import Setup, prepare
 from .runner.batch import Call, apply_call, apply_chunk, dumps, loads_call
 from .runner.engine import Engine
 from .runner.flights import Inbox
+from .runner.progress import Bar, progress_bar
 from .runner.report import Report
 
 if TYPE_CHECKING:
@@ -99,7 +100,8 @@ class Executor(_Executor):
     worker before its first call, and if it raises, every pending future and later ``submit``
     fail with :class:`~stepdown.errors.InitializerFailed` (a ``BrokenExecutor``, as the
     stdlib's ``BrokenProcessPool``); ``max_tasks_per_child`` renews workers after that many
-    calls.
+    calls. ``progress`` counts finished calls on a bar naming the rung that runs (``None``:
+    where a person is watching, once the executor has run a second; see ``stepdown.run``).
 
     >>> with Executor(2, ladder=["thread:2"]) as ex:
     ...     ex.submit(pow, 2, 10).result()
@@ -115,6 +117,7 @@ class Executor(_Executor):
         *,
         ladder: LadderSpec | None = None,
         setup: Setup | None = None,
+        progress: bool | None = None,
         **options: Unpack[ExecutorOptions],
     ) -> None:
         """The keyword options are :class:`~stepdown.options.Options`'. A ``setup`` (from
@@ -131,7 +134,14 @@ class Executor(_Executor):
         if initargs != ():
             given["initargs"] = initargs
         # Each call is its own batch; its exception is set on its future, never raised here.
-        chosen = Options(ladder=ladder, errors="return", ordered=False, batch_size=1, **given)
+        chosen = Options(
+            ladder=ladder,
+            errors="return",
+            ordered=False,
+            batch_size=1,
+            progress=progress,
+            **given,
+        )
         self._inbox = Inbox()
         # Calls taken by the runner and not yet delivered, by the runner's index.
         self._taken: dict[int, _Call] = {}
@@ -147,6 +157,9 @@ class Executor(_Executor):
         self._lock = threading.Lock()
         self._shutdown = False
         self._crash: BaseException | None = None
+        # Its total grows with each call submitted; the dispatch thread (or shutdown, if no
+        # call came) closes it.
+        self._bar: Bar | None = progress_bar(None, progress, self._engine.report, unit="call")
 
     @property
     def report(self) -> Report:
@@ -178,6 +191,8 @@ class Executor(_Executor):
                 except RuntimeError as exc:
                     raise translate(exc, "stepdown.Executor") from exc
                 self._thread = thread
+            if self._bar is not None:
+                self._bar.grow()
             self._inbox.put(call)
         return call.future
 
@@ -214,6 +229,8 @@ class Executor(_Executor):
         try:
             for index, value, ok in self._engine:
                 future = self._taken.pop(index).future
+                if self._bar is not None:
+                    self._bar.update()
                 if ok:
                     future.set_result(value)
                 else:
@@ -225,6 +242,9 @@ class Executor(_Executor):
             for call in [*self._taken.values(), *waiting]:
                 if not call.future.done():
                     call.future.set_exception(exc)
+        finally:
+            if self._bar is not None:
+                self._bar.close()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if isinstance(exc, KeyboardInterrupt):
@@ -242,6 +262,8 @@ class Executor(_Executor):
                     call.future.cancel()
             self._inbox.close()
             thread = self._thread
+        if thread is None and self._bar is not None:
+            self._bar.close()
         if wait and thread is not None:
             thread.join()
 

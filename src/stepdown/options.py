@@ -79,10 +79,13 @@ class Options:
     run raises :class:`~stepdown.errors.InitializerFailed`. ``max_tasks_per_child``: no worker
     process runs more tasks than this; its pool is then renewed (ignored in-process).
     ``start_method`` (``"fork"``, ``"forkserver"``, ``"spawn"``) is every process rung's,
-    whatever the policy says. ``errors``: ``"raise"`` the first task exception, or ``"return"``
-    it in the task's place. ``ordered``: results in input order, or as they
-    complete. ``progress``: a bar on stderr (``None``: only on a terminal). ``stall_timeout``
-    bounds how long dead executor machinery may hold tasks before it counts as a failure.
+    whatever the policy says, even where its workers cannot rebuild ``__main__`` (the plan then
+    says so; unset, such rungs start by fork there). ``errors``: ``"raise"`` the first task
+    exception, or ``"return"`` it in the task's place. ``ordered``: results in input order, or
+    as they complete. ``progress``: a bar on stderr naming the rung that runs (``None``: where
+    a person is watching, a terminal or a notebook, not in CI, once the run has lasted a
+    second). ``stall_timeout`` bounds how long dead executor machinery may hold tasks before it
+    counts as a failure.
     ``memory_error``: whether a ``MemoryError`` raised inside a task steps down (a rung with
     fewer workers may fit) or is the task's error. ``batch_size`` fixes the tasks per batch
     (default: adaptive). ``reuse`` keeps a healthy pool warm for the next call.
@@ -100,7 +103,7 @@ class Options:
     start_method: str | None = None
     errors: Errors = "raise"
     ordered: bool = True
-    progress: bool | None = False
+    progress: bool | None = None
     stall_timeout: float = 3.0
     memory_error: MemoryErrors = "step-down"
     batch_size: int | None = None

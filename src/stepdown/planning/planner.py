@@ -6,6 +6,8 @@
     each rung ──▶ workers = min(cap, max_workers, tasks, CPUs, memory fits, pids fit) * fraction
                   0 ──▶ kept in the plan, skipped, with the reason
                   same as the usable rung above ──▶ skipped (nothing to step down to)
+    a process rung whose workers would be fresh interpreters that cannot rebuild ``__main__``
+                  ──▶ fork instead (the reason says why), or skipped where there is no fork
 
 Every number carries its reason, so ``explain()`` can show each decision. Thread rungs share the
 caller's memory: they are limited by memory only when a task's memory is declared. Process rungs
@@ -22,6 +24,7 @@ from dataclasses import replace
 
 from ..errors import UsageError
 from ..units import format_size
+from .launch import FRESH_METHODS, Launch
 from .plan import Plan, PlannedRung, RuleChoice, percent, plural, worker_memory
 from .policy import Policy, Profile
 from .resources import Resources
@@ -43,13 +46,17 @@ def make_plan(
     ladder: Sequence[Rung] | None = None,
     max_workers: int | None = None,
     start_method: str | None = None,
+    launch: Launch | None = None,
 ) -> Plan:
     """Plan ``tasks`` tasks (``None``: unknown) with ``profile`` on ``resources``.
 
     ``ladder`` replaces the profile's rules (its memory settings still apply). ``task_memory``
     is what one task holds, in bytes, if declared. ``max_workers`` caps every rung;
-    ``start_method`` is every rung's that takes one (the caller's choice wins). Pure: reads
-    nothing but its arguments.
+    ``start_method`` is every rung's that takes one. ``launch`` says whether workers started
+    by a fresh interpreter (forkserver, spawn) can rebuild the caller's ``__main__``; where they
+    cannot, process rungs start by fork instead, unless the caller asked for a start method (by
+    ``start_method`` or in a ``ladder`` rung): that choice wins, and the reason warns.
+    Pure: reads nothing but its arguments.
     """
     if tasks is not None and (isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 0):
         raise UsageError(f"tasks must be a whole number >= 0 or None, not {tasks!r}")
@@ -76,8 +83,15 @@ def make_plan(
             for r in rungs
         )
     planned: list[PlannedRung] = []
-    for rung in rungs:
-        workers, reason = _resolve(rung, profile, resources, tasks, task_memory, max_workers)
+    for given in rungs:
+        asked = start_method is not None or (ladder is not None and "start_method" in given.options)
+        rung, note = _starting_here(given, launch, asked)
+        if rung is None:
+            rung, workers, reason = given, 0, note
+        else:
+            workers, reason = _resolve(rung, profile, resources, tasks, task_memory, max_workers)
+            if note and workers:
+                reason = f"{reason}; {note}"
         for i, earlier in enumerate(planned, 1):
             if not rung.info.last and not earlier.skipped and _same(earlier, rung, workers):
                 workers = 0
@@ -111,6 +125,24 @@ def _first_rule(
         failed.append(f"rules[{index}], {conditions}: {why}")
     # The loader makes the last rule of every profile unconditional; a hand-built one may not be.
     return ending_last(()), RuleChoice(None, "none held", "sequential only", tuple(failed))
+
+
+def _starting_here(rung: Rung, launch: Launch | None, asked: bool) -> tuple[Rung | None, str]:
+    """The rung with a start method whose workers can rebuild ``__main__`` here (``None``: no
+    such method), and what the plan should say about it."""
+    if launch is None or launch.fresh_fails is None or "start_method" not in rung.info.options:
+        return rung, ""
+    method = rung.options.get("start_method") or launch.default
+    if method not in FRESH_METHODS:
+        return rung, ""
+    why = launch.fresh_fails
+    if asked:
+        return rung, f"start_method {method} as asked, but its workers will fail here: {why}"
+    if "fork" in launch.methods:
+        return replace(rung, options={**rung.options, "start_method": "fork"}), (
+            f"fork, not {method}: {why}"
+        )
+    return None, f"its workers would start by {method}, which fails here: {why}"
 
 
 def _same(earlier: PlannedRung, rung: Rung, workers: int) -> bool:

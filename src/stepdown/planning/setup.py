@@ -4,7 +4,7 @@
 
     survey(profile, policy)  load the policy ─▶ probe the machine ─▶ choose the profile
                              ─▶ the host budget it asks for ─▶ free memory less what other
-                                instances reserved
+                                instances reserved ─▶ how worker processes can start here
     Survey.plan(tasks, ...)  make_plan: pure, so one survey can plan several task counts
     prepare(options, tasks)  survey + plan: the Setup the runner takes
 
@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..budget.budget import Budget
+from ..logs import install_handler
 from ..options import Options
 from ..units import format_size
+from .launch import Launch, read_launch
 from .plan import Plan
 from .planner import make_plan
 from .policy import Policy, PolicySpec, Profile, choose_profile, load_policy
@@ -36,14 +38,15 @@ __all__ = ["Setup", "Survey", "plan", "prepare", "survey"]
 @dataclass(frozen=True)
 class Survey:
     """What a run is planned from, read once: the policy, the profile chosen and why, the
-    machine (free memory less what other instances reserved), and the host budget (``None``:
-    off for this profile)."""
+    machine (free memory less what other instances reserved), the host budget (``None``:
+    off for this profile), and how worker processes can start in this process."""
 
     policy: Policy
     profile: Profile
     profile_source: str
     resources: Resources
     budget: Budget | None
+    launch: Launch
 
     def plan(
         self,
@@ -65,6 +68,7 @@ class Survey:
             ladder=ladder,
             max_workers=max_workers,
             start_method=start_method,
+            launch=self.launch,
         )
 
 
@@ -89,7 +93,10 @@ def survey(
     cwd: str | os.PathLike[str] | None = None,
 ) -> Survey:
     """Load the policy, probe the machine (a snapshot up to 1 s old is reused), choose the
-    profile and build its host budget."""
+    profile, build its host budget, and read how worker processes can start (a script's
+    ``__main__`` is read where it is now)."""
+    # Every run, plan and executor starts here: from now on its warnings name stepdown.
+    install_handler()
     env = os.environ if environ is None else environ
     chosen_policy = load_policy(policy, environ=env, cwd=cwd)
     resources = probe(env, max_age=1.0)
@@ -99,7 +106,7 @@ def survey(
         size = chosen.budget.size or resources.cpus.value or 1
         budget = Budget.from_env(size, env)
         resources = _less_reserved(resources, budget.reserved_memory())
-    return Survey(chosen_policy, chosen, why, resources, budget)
+    return Survey(chosen_policy, chosen, why, resources, budget, read_launch())
 
 
 def prepare(

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..backends.forking import imports_settled
 from ..backends.worker import prepare
+from ..planning.launch import FRESH_METHODS, read_launch
 from .batch import BatchResult, run_batch
 
 __all__ = ["Crashed", "bisect", "run_alone"]
@@ -39,7 +40,13 @@ def _child(conn: Connection, fn: bytes, items: Sequence[Any]) -> None:
 
 
 def run_alone(fn: bytes, items: Sequence[Any], start_method: str | None) -> BatchResult | Crashed:
-    """Run ``items`` in one fresh process. Raises ``OSError`` if no process can start."""
+    """Run ``items`` in one fresh process (``start_method``: the rung's; ``None``: Python's
+    default, or fork where a fresh interpreter could not rebuild ``__main__``, which holds the
+    items' classes). Raises ``OSError`` if no process can start."""
+    if start_method is None:
+        launch = read_launch()
+        if launch.fresh_fails and launch.default in FRESH_METHODS and "fork" in launch.methods:
+            start_method = "fork"
     context: Any = multiprocessing.get_context(start_method)
     if context.get_start_method() == "fork":
         imports_settled()
