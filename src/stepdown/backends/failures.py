@@ -133,9 +133,10 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 def _detail(exc: BaseException) -> str:
     # A native message may run to pages (Ray's out-of-memory kill lists the top memory users):
-    # the first line is the detail.
-    lines = f"{type(exc).__name__}: {exc}".strip().rstrip(":").splitlines() or [""]
-    first = lines[0]
+    # the first line is the detail (the first that says something: multiprocessing's
+    # "bootstrapping phase" message starts with a newline).
+    said = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    first = f"{type(exc).__name__}: {said}" if said else type(exc).__name__
     return first if len(first) <= _DETAIL_MAX else first[:_DETAIL_MAX] + "..."
 
 
