@@ -25,9 +25,11 @@ from concurrent.futures import BrokenExecutor
 from ..errors import Reason, RemoteTraceback, ResourceFailure, describe_exitcode
 from .registry import Failure, infos
 
-__all__ = ["classify", "exitcode_from", "translate"]
+__all__ = ["RECEIVING", "classify", "exitcode_from", "translate"]
 
 _DETAIL_MAX = 300
+# Ends the detail of a failure the caller met reading a result (its memory, not the workers').
+RECEIVING = " while the caller received a result"
 
 
 def _names(exc: BaseException) -> set[str]:
@@ -157,7 +159,7 @@ def translate(
     detail = _detail(native)
     receiving = None if native.__cause__ is None else _receiving(native.__cause__)
     if receiving is not None:
-        detail = f"{receiving} while the caller received a result"
+        detail = f"{receiving}{RECEIVING}"
         return _failure(reason, detail, rung, native)
     if reason is Reason.WORKER_DIED:
         code = exitcode_from(native)

@@ -61,7 +61,8 @@ class BackendInfo:
     progress. ``dependency``/``distribution``: the module it imports and the package providing
     it (``stepdown doctor`` checks them); ``install``: the command that installs it.
     ``failures``: its executor's own failure classes; ``wrappers``: its classes that carry the
-    real failure in ``.cause``.
+    real failure in ``.cause``. ``fresh``: its workers are fresh interpreters, sharing no pages
+    with the caller (a backend with a ``start_method`` option: as that method says).
     """
 
     name: str
@@ -77,6 +78,7 @@ class BackendInfo:
     install: str | None = None
     failures: tuple[Failure, ...] = ()
     wrappers: frozenset[str] = frozenset()
+    fresh: bool = False
 
 
 # Options every rung accepts, whatever its backend.
@@ -121,6 +123,7 @@ _REGISTRY: dict[str, BackendInfo] = {
                 Failure(frozenset({"TerminatedWorkerError"}), Reason.WORKER_DIED),
                 Failure(frozenset({"ShutdownExecutorError"}), Reason.EXECUTOR_BROKEN),
             ),
+            fresh=True,
         ),
         BackendInfo(
             "ray",

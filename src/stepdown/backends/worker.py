@@ -17,6 +17,7 @@ only: it runs in the worker before anything else is imported).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -33,14 +34,13 @@ def prepare() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):  # blocked by the caller while we started
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    try:
-        with open("/proc/self/oom_score_adj", "w") as adj:
-            adj.write("1000")
-    except OSError:  # not Linux
-        pass
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as adj:  # Linux
+        adj.write("1000")
     parent = os.getppid()
     watch = threading.Thread(target=_die_with, args=(parent,), name="stepdown-parent", daemon=True)
-    watch.start()
+    # No thread to spare (a full pids group): the worker works unwatched rather than not at all.
+    with contextlib.suppress(RuntimeError):
+        watch.start()
 
 
 def _die_with(parent: int) -> None:

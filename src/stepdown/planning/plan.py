@@ -11,6 +11,7 @@ from typing import Any
 
 from ..budget.settings import BudgetSettings
 from ..units import format_size
+from . import footprint
 from .reading import Reading
 from .resources import Resources
 from .rung import Rung
@@ -203,7 +204,7 @@ def _reading(reading: Reading, what: str, *, plain: bool = False) -> str:
 
 def _memory_setting(setting: int | str | None) -> str:
     if setting == "auto":
-        return "a process worker needs the caller's RSS (auto)"
+        return "a forked worker needs the caller's RSS, a fresh interpreter its own (auto)"
     if isinstance(setting, int):
         return f"a process worker needs {format_size(setting)}"
     return "process workers are not limited by memory"
@@ -216,10 +217,11 @@ def worker_memory(
     task_memory: int | None,
 ) -> int:
     """What one worker of ``rung`` holds: the task's memory (if declared), plus, on a process
-    rung, the worker process's own footprint (``memory_per_worker``; ``auto`` = caller's RSS)."""
+    rung, the worker process's own footprint (``memory_per_worker``; ``auto``: the caller's RSS
+    for a forked worker, its own for a fresh interpreter, see :mod:`.footprint`)."""
     per = task_memory or 0
     if not rung.in_process:
         setting = rung.options.get("memory_per_worker", memory_per_worker)
-        own = resources.caller_rss.value if setting == "auto" else setting
+        own = footprint.charge(rung, resources.caller_rss.value) if setting == "auto" else setting
         per += own if isinstance(own, int) else 0
     return per

@@ -15,7 +15,6 @@ import contextlib
 import functools
 import os
 import pickle
-import struct
 import threading
 import time
 import traceback
@@ -25,17 +24,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from . import peak
+from .watching import IDLE, INITIALIZING, Watch, noter
 
 __all__ = [
-    "IDLE",
-    "INITIALIZING",
-    "WATCH_RECORD",
     "BatchResult",
     "Call",
     "Duties",
     "Starred",
     "TaskException",
-    "Watch",
     "add_note",
     "apply_call",
     "apply_chunk",
@@ -114,6 +110,8 @@ class BatchResult(NamedTuple):
     init_error: BaseException | TaskException | None = None
     packed: bytes | None = None
     peak: int | None = None  # bytes the batch held at most over its start (see .peak)
+    overran: int | None = None  # the share a task ran out of (MemoryError): it needs more
+    resident: int | None = None  # what the worker held before the tasks (its own footprint)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Values cross to the caller as a pickle of their own, opened by the runner: one that
@@ -122,7 +120,7 @@ class BatchResult(NamedTuple):
         if self.packed is not None or not self.values:
             return BatchResult, tuple(self)
         packed, errors = _pack(self.values, self.errors)
-        return BatchResult, ([], errors, *self[2:6], packed, self.peak)
+        return BatchResult, ([], errors, *self[2:6], packed, *self[7:])
 
     def unpacked(self) -> BatchResult:
         """This result with its values rebuilt; raises what rebuilding them raises."""
@@ -164,17 +162,6 @@ def _pack(
     return dumps(kept), errors
 
 
-# Where a worker is, for the runner to enforce ``task_timeout`` and to tell a stalled pool from a
-# busy one: in another process, a file ``<dir>/<pid>`` holding (batch tag, position, since) as
-# ``WATCH_RECORD``, rewritten in place (the position of the task running, ``IDLE`` between
-# batches, ``INITIALIZING`` in the run's initializer); in the caller's process, a callable
-# ``note(tag, position)`` that answers False once the batch has been abandoned.
-WATCH_RECORD = struct.Struct("<qqd")
-IDLE = -1
-INITIALIZING = -2
-Watch = str | Callable[[int, int], bool]
-
-
 class Duties(NamedTuple):
     """What a worker does around a run's tasks, besides calling the function.
 
@@ -183,6 +170,7 @@ class Duties(NamedTuple):
     worker and run, before the first task (per thread on the thread rung). ``max_tasks``: the
     most tasks one worker process may run. ``watch``: where to say which task runs, at each
     task if ``each_task`` (a task timeout), else only as the batch starts and ends (cheaper).
+    ``memory_share``: the data a worker process's tasks may add (see :func:`.peak.cap`).
     """
 
     run: str
@@ -190,13 +178,12 @@ class Duties(NamedTuple):
     max_tasks: int | None = None
     watch: Watch | None = None
     each_task: bool = True
+    memory_share: int | None = None
 
 
 # Per worker process: tasks run so far (for max_tasks; with its pid, as a forked worker
-# inherits its parent's), and the watch file open: (directory, pid, fd), one at a time, so a
-# warm worker serving many runs does not keep a file of each open.
+# inherits its parent's).
 _tasks_run = (0, 0)
-_watch_file_open: tuple[str, int, int | None] = ("", 0, None)
 # Per thread: the runs whose initializer has run here (the newest few).
 _local = threading.local()
 _RUNS_KEPT = 16
@@ -266,6 +253,7 @@ def _function(
 
 def _portable(exc: BaseException) -> TaskException:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None  # kept as text: the task's frames (and what they hold) can go
     try:
         pickle.loads(dumps(exc))
     except Exception:
@@ -291,36 +279,6 @@ def _initialize(run: str, initializer: Initializer) -> None:
         runs.popitem(last=False)
 
 
-def _watch_file(directory: str) -> int | None:
-    global _watch_file_open
-    pid = os.getpid()
-    opened, owner, fd = _watch_file_open
-    if (opened, owner) == (directory, pid):
-        return fd
-    if fd is not None and owner == pid:
-        os.close(fd)  # an earlier run's (a forked child's inherited one is its parent's)
-    try:
-        fd = os.open(os.path.join(directory, str(pid)), os.O_WRONLY | os.O_CREAT, 0o600)
-    except OSError:  # not on this machine (a Ray node elsewhere): no timeout from here
-        fd = None
-    _watch_file_open = (directory, pid, fd)
-    return fd
-
-
-def _noter(watch: Watch | None) -> Callable[[int, int], bool] | None:
-    if watch is None or callable(watch):
-        return watch
-    fd = _watch_file(watch)
-    if fd is None:
-        return None
-
-    def note(tag: int, position: int) -> bool:
-        os.pwrite(fd, WATCH_RECORD.pack(tag, position, time.monotonic()), 0)
-        return True
-
-    return note
-
-
 def run_batch(
     fn: Callable[[Any], Any] | bytes,
     items: Sequence[Any],
@@ -344,7 +302,7 @@ def run_batch(
     if remote and limit is not None and ran and ran + len(items) > limit:
         return BatchResult([], None, 0.0, pid, declined=True)
     func, initializer = _function(fn, duties)
-    note = None if duties is None else _noter(duties.watch)
+    note = None if duties is None else noter(duties.watch)
     if initializer is not None:
         if note is not None:
             note(tag, INITIALIZING)
@@ -361,23 +319,38 @@ def run_batch(
         note(tag, 0)
     values: list[Any] = []
     errors: dict[int, BaseException | TaskException] | None = None
+    share = None if duties is None else duties.memory_share
+    if remote:
+        peak.cap(share)
     base = peak.start() if remote else None
+    overran = None
     start = time.perf_counter()
-    for position, item in enumerate(items):
-        if each is not None and not each(tag, position):
-            break  # abandoned: the runner has sent the rest elsewhere
-        try:
-            values.append(func(item))
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
-            if errors is None:
-                errors = {}
-            errors[position] = _portable(exc) if remote else exc
-            values.append(None)
+    try:
+        for position, item in enumerate(items):
+            if each is not None and not each(tag, position):
+                break  # abandoned: the runner has sent the rest elsewhere
+            try:
+                values.append(func(item))
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                capped = share is not None and isinstance(exc, MemoryError)
+                if capped:
+                    peak.cap(None)  # room to record it; the task's memory goes with its frames
+                    overran = share
+                if errors is None:
+                    errors = {}
+                errors[position] = _portable(exc) if remote else exc
+                values.append(None)
+                if capped:
+                    peak.cap(share)
+    finally:
+        if remote and share is not None:
+            peak.cap(None)
     if note is not None:
         note(tag, IDLE)
     if remote:
         _tasks_run = (pid, ran + len(items))
     elapsed = time.perf_counter() - start
-    return BatchResult(values, errors, elapsed, pid, peak=peak.since(base))
+    held = peak.since(base)
+    return BatchResult(values, errors, elapsed, pid, peak=held, overran=overran, resident=base)

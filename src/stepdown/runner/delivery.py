@@ -8,6 +8,7 @@ a task may instead send the task back to run on a smaller rung (``memory_error="
 from __future__ import annotations
 
 import logging
+import os
 import reprlib
 import time
 from collections.abc import Generator, Iterator
@@ -17,7 +18,7 @@ from ..errors import RemoteTraceback, TaskCrashed, TaskTimeout
 from ..options import Options
 from .batch import BatchResult, TaskException, add_note
 from .flights import Batch, Feed, Sizer
-from .memory import TaskMemory
+from .memory import MemoryCare
 from .report import Report, RungRecord
 
 __all__ = ["Delivery", "Outcome"]
@@ -31,7 +32,7 @@ class Delivery:
     """Turns batch results into ``(index, value, ok)`` outcomes and keeps the count."""
 
     def __init__(
-        self, options: Options, feed: Feed, sizer: Sizer, report: Report, memory: TaskMemory
+        self, options: Options, feed: Feed, sizer: Sizer, report: Report, memory: MemoryCare
     ) -> None:
         self.options = options
         self.memory = memory
@@ -53,7 +54,7 @@ class Delivery:
         except Exception as unpacking:  # a MemoryError included
             return (yield from self._unpack_failed(batch, record, unpacking, can_step_down))
         self.sizer.observe(len(batch.items), result.elapsed)
-        self.memory.observe(result.peak)
+        self.memory.observe(result)
         errors = result.errors
         values = result.values
         if not errors:  # the common case, without a test per task
@@ -70,6 +71,7 @@ class Delivery:
                     isinstance(exc, MemoryError)
                     and self.options.memory_error == "step-down"
                     and can_step_down
+                    and self.memory.room(record.workers, remote=result.pid != os.getpid())
                 ):
                     self.feed.requeue(Batch([index], [batch.items[position]]))
                     step_down = step_down or exc

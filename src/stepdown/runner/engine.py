@@ -101,7 +101,7 @@ class Engine:
         self.report = Report.planned(setup.plan, self._feed.total)
         log_plan(setup.plan)
         self._memory = MemoryCare(options.task_bytes)
-        self.delivery = Delivery(options, self._feed, self._sizer, self.report, self._memory.task)
+        self.delivery = Delivery(options, self._feed, self._sizer, self.report, self._memory)
         # Finished futures arrive here from their done-callbacks (None: the inbox has news; an
         # exception: stop). One queue to block on, not waiters on every flight per step.
         self._events: queue.SimpleQueue[Future[Any] | BaseException | None] = queue.SimpleQueue()
@@ -111,7 +111,7 @@ class Engine:
         self._slots = Slots(setup.budget, setup.budget_wait)
         self._start_method: str | None = None
         self._timeouts = Timeouts(options.task_timeout)
-        self._shipping = Shipping(fn, options, self._timeouts)
+        self._shipping = Shipping(fn, options, self._timeouts, self._memory)
         self._retiring = False  # a worker declined a batch: renew once the rung is idle
         self._renewed: RungRecord | None = None
         self._shrunk: int | None = None  # workers for the same rung after a memory failure
@@ -130,6 +130,7 @@ class Engine:
         if self._started is not None:
             self.report.wall = time.perf_counter() - self._started
         self.report.tasks = max(self.report.tasks, self._feed.next_index)
+        self.report.task_memory = self._memory.task.describe()
         return self.report
 
     # ---- iteration -------------------------------------------------------------------
@@ -347,9 +348,9 @@ class Engine:
                 self._feed.requeue(flight.batch)
                 continue
             memory = yield from self.delivery.deliver(
-                flight.batch, flight.record, result, can_step_down=current and not last
+                flight.batch, flight.record, result, can_step_down=not last
             )
-            if memory is not None:
+            if memory is not None and current:  # an earlier rung's: its tasks just run again
                 failure = failure or memory
         return failure, False
 

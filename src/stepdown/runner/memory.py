@@ -26,7 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..backends.base import Backend
+from ..backends.failures import RECEIVING
 from ..errors import Reason, ResourceFailure
+from ..planning import footprint
 from ..planning.cgroup import (
     Cgroup,
     cgroup_memory,
@@ -36,6 +38,7 @@ from ..planning.cgroup import (
 )
 from ..planning.reading import read_text
 from ..units import format_size
+from .batch import BatchResult
 from .timeouts import Timeouts
 
 __all__ = ["Guard", "Left", "MemoryCare", "TaskMemory", "YoungestTask", "memory_left"]
@@ -53,9 +56,13 @@ class TaskMemory:
         self.declared = declared
         self.learned: int | None = None
         self.batches = 0
+        self.beyond: int | None = None  # a task needed more than this (it ran out of it)
 
-    def observe(self, peak: int | None) -> None:
-        """A batch held at most ``peak`` bytes over its worker's own (``None``: unmeasured)."""
+    def observe(self, peak: int | None, overran: int | None = None) -> None:
+        """A batch held at most ``peak`` bytes over its worker's own (``None``: unmeasured);
+        a task of it ran out of a share of ``overran`` bytes."""
+        if overran is not None:
+            self.beyond = max(self.beyond or 0, overran)
         if peak is None:
             return
         self.batches += 1
@@ -64,8 +71,13 @@ class TaskMemory:
 
     @property
     def estimate(self) -> int | None:
-        """What one task is taken to hold: declared, else learned, else unknown."""
-        return self.declared if self.declared is not None else self.learned
+        """What one task is taken to hold: declared, else learned (more than any share a task
+        ran out of), else unknown."""
+        if self.declared is not None:
+            return self.declared
+        if self.beyond is not None:
+            return max(self.learned or 0, self.beyond + 1)
+        return self.learned
 
     def describe(self) -> str | None:
         """``"learned 1.0GiB (largest of 12 batches)"``, for the report; None: nothing known."""
@@ -154,13 +166,18 @@ class Guard:
         self.stop()
         self.stopped = None
         self._done = threading.Event()
-        self._thread = threading.Thread(
+        thread = threading.Thread(
             target=self._run,
             args=(label, pids, youngest, self._done),
             daemon=True,
             name="stepdown-memory-guard",
         )
-        self._thread.start()
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to spare (a full pids group): the rung runs unguarded
+            log.debug("%s: no thread for the memory guard; the rung runs unguarded", label)
+            return
+        self._thread = thread
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -203,26 +220,44 @@ class MemoryCare:
         self.task = TaskMemory(declared)
         self.guard = Guard(self.task)
         self.failed = False  # a rung of this run failed for memory
+        # What the tasks of one worker of the process rung running now may add (peak.cap).
+        self.share: int | None = None
+        self.started = ("", False)  # how its workers start (planning.footprint.kind)
         self._kills = _oom_kills()
 
     def begin(self, backend: Backend, timeouts: Timeouts) -> None:
-        """A rung starts: a process rung's workers are watched."""
-        if not backend.in_process:
-            self.guard.watch(backend.label, backend.worker_pids, timeouts.youngest)
+        """A rung starts: a process rung's workers are watched, and each gets an equal share
+        of what is left, less the margin."""
+        if backend.in_process:
+            return
+        self.started = footprint.kind(backend.name, backend.options)
+        left = self.guard.read()
+        if left is not None:
+            self.share = max(0, left.free - left.margin) // max(1, backend.workers)
+        self.guard.watch(backend.label, backend.worker_pids, timeouts.youngest)
 
     def end(self) -> None:
         self.guard.stop()
+        self.share = None
 
     def admits(self, running: int) -> bool:
         return self.guard.admits(running)
 
+    def observe(self, result: BatchResult) -> None:
+        """What a finished batch says about memory: its tasks', its worker's own."""
+        self.task.observe(result.peak, result.overran)
+        footprint.learn(self.started, result.resident)
+
     def judge(self, failure: ResourceFailure) -> tuple[ResourceFailure, bool]:
-        """``failure`` as the runner should take it, and whether memory caused it: the guard
-        stopped a worker, or the kernel's OOM killer killed one (its counter went up)."""
+        """``failure`` as the runner should take it, and whether the workers' memory caused it
+        (fewer workers would help): the guard stopped a worker, or the kernel's OOM killer
+        killed one (its counter went up), or a task ran out. Not the caller's own running out
+        as it received a result: that result has to come back with fewer workers too."""
         kills, self._kills = self._kills, _oom_kills()
         if self.guard.stopped is not None:
             failure = ResourceFailure(Reason.OUT_OF_MEMORY, self.guard.stopped, failure.rung)
-        memory = failure.reason is Reason.OUT_OF_MEMORY or (
+        caller = failure.detail.endswith(RECEIVING)
+        memory = (failure.reason is Reason.OUT_OF_MEMORY and not caller) or (
             kills is not None and self._kills is not None and self._kills > kills
         )
         self.failed = self.failed or memory
@@ -234,6 +269,14 @@ class MemoryCare:
         before."""
         fit = self.guard.fit(workers) if self.task.estimate else workers // 2
         return max(1, min(workers - 1, fit))
+
+    @staticmethod
+    def room(workers: int, remote: bool) -> bool:
+        """Whether a task that ran out of memory on a rung of ``workers`` (``remote``: worker
+        processes) can run again with more: the process rung can shrink, or the next rung is
+        in-process and smaller anyway. With one worker process, which had all the memory there
+        is, its ``MemoryError`` is its outcome: it would not fit beside the caller either."""
+        return not remote or workers > 1
 
     def in_process(self, workers: int) -> int | str:
         """Tasks an in-process rung may run at once beside the caller, or why none: after a

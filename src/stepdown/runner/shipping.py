@@ -18,6 +18,7 @@ from ..backends.base import Backend
 from ..errors import InitializerFailed, RemoteTraceback
 from ..options import Options
 from .batch import Duties, Initializer, TaskException, dumps_function, run_batch
+from .memory import MemoryCare
 from .timeouts import Timeouts
 
 __all__ = ["Shipping", "initializer_failed"]
@@ -26,10 +27,13 @@ __all__ = ["Shipping", "initializer_failed"]
 class Shipping:
     """Submits batches of one run; each gets a ``tag`` that names it to the timeout watch."""
 
-    def __init__(self, fn: Callable[[Any], Any], options: Options, timeouts: Timeouts) -> None:
+    def __init__(
+        self, fn: Callable[[Any], Any], options: Options, timeouts: Timeouts, memory: MemoryCare
+    ) -> None:
         self.fn = fn
         self.options = options
         self.timeouts = timeouts
+        self.memory = memory
         self.tag = 0
         self._run = uuid.uuid4().hex
         self._payload: bytes | None = None
@@ -69,7 +73,8 @@ class Shipping:
         limit = self.options.max_tasks_per_child if backend.own_workers else None
         if self.options.initializer is None and watch is None and limit is None:
             return None
-        return Duties(self._run, initializer, limit, watch, each_task=self.timeouts.on)
+        share = None if backend.in_process else self.memory.share
+        return Duties(self._run, initializer, limit, watch, self.timeouts.on, share)
 
 
 def initializer_failed(error: BaseException | TaskException, label: str) -> InitializerFailed:

@@ -24,8 +24,8 @@ from collections.abc import Container, Hashable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .batch import IDLE, WATCH_RECORD, Watch
 from .flights import Batch, Feed, Flight
+from .watching import IDLE, WATCH_RECORD, Watch
 
 if TYPE_CHECKING:
     from .report import Report
