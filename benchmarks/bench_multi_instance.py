@@ -13,6 +13,8 @@ stepdown-budget    ``stepdown.run(score, items, profile="kaggle", task_memory=..
 stepdown-wait      the same with ``on_exhausted = "wait"``: instances that find the budget full
                    wait for slots instead of running their guaranteed sequential slot
 stepdown-nobudget  ``STEPDOWN_BUDGET=off``: each instance plans ``loky(2)`` alone
+stepdown-undeclared  a user's own profile, ``ladder = ["loky:3", "thread:2", "sequential"]``,
+                   that declares nothing: no budget table, no task memory
 joblib             ``joblib.Parallel(n_jobs=3)`` (default loky backend), failures caught and
                    counted; joblib keeps no partial result, so a failed instance has none
 
@@ -47,7 +49,13 @@ from dataclasses import asdict, dataclass, field
 
 from tests.support import cgroups, jobs
 
-VARIANTS = ("stepdown-budget", "stepdown-wait", "stepdown-nobudget", "joblib")
+VARIANTS = (
+    "stepdown-budget",
+    "stepdown-wait",
+    "stepdown-nobudget",
+    "stepdown-undeclared",
+    "joblib",
+)
 TARGET_EFFICIENCY = 0.9
 
 

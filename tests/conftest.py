@@ -39,6 +39,16 @@ def _cold_pools() -> Iterator[None]:
     pools.shutdown_all()
 
 
+@pytest.fixture(autouse=True)
+def _own_budget(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test has a host budget of its own (the budget is on in every profile): what a test
+    runs, and its child processes, never find the slots held by another test's. Tests of several
+    instances give them one runtime directory of their own."""
+    runtime = tmp_path_factory.mktemp("runtime")
+    runtime.chmod(0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+
+
 @pytest.fixture
 def warnings_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.WARNING, logger="stepdown")

@@ -275,8 +275,16 @@ def test_plan_text_fits_100_columns_and_shows_the_budget(tmp_path: Path) -> None
     lines = out.stdout.splitlines()
     assert max(len(line) for line in lines) <= 100
     assert "pids fit" in out.stdout  # the long reasons are there, wrapped
+    # On in every profile, a user's own included, unless it says enabled = false.
+    assert "budget on (profile wide shares one): 64 slots at " in flat(out.stdout)
+    (tmp_path / "alone.toml").write_text(
+        LONG_POLICY + "\n[profiles.wide.budget]\nenabled = false\n"
+    )
+    alone = stepdown_cli(
+        "plan", *args[:2], "--policy", "alone.toml", *args[4:], env=env, cwd=tmp_path
+    )
     budget = "budget off (profile wide does not share one); STEPDOWN_BUDGET=on would share 64 slots"
-    assert budget in flat(out.stdout)
+    assert budget in flat(alone.stdout), alone.stdout + alone.stderr
     kaggle = stepdown_cli("plan", "--tasks", "8", "--profile", "kaggle", env=env, cwd=tmp_path)
     assert "budget on (profile kaggle shares one): 64 slots at " in flat(kaggle.stdout)
     forced = stepdown_cli(
@@ -310,16 +318,14 @@ def test_plan_json_labels_rungs_and_has_the_budget(tmp_path: Path) -> None:
     assert budget["directory"] == str(tmp_path / "stepdown" / "default")
 
 
-def test_doctor_says_why_the_budget_is_off(tmp_path: Path) -> None:
+def test_doctor_says_why_the_budget_is_on_or_off(tmp_path: Path) -> None:
     env = {"XDG_RUNTIME_DIR": str(tmp_path), "STEPDOWN_CPUS": "2"}
     out = stepdown_cli("doctor", "--profile", "laptop", env=env)
     assert out.returncode == 0, out.stderr
     assert "(STEPDOWN_BUDGET=on)" not in out.stdout
-    assert "off (profile laptop does not share one); STEPDOWN_BUDGET=on would share 2" in flat(
-        out.stdout
-    )
-    forced = stepdown_cli("doctor", "--profile", "laptop", env={**env, "STEPDOWN_BUDGET": "1"})
-    assert "on (STEPDOWN_BUDGET=1): 2 slots at" in flat(forced.stdout)
+    assert "on (profile laptop shares one): 2 slots at" in flat(out.stdout)
+    forced = stepdown_cli("doctor", "--profile", "laptop", env={**env, "STEPDOWN_BUDGET": "0"})
+    assert "off (STEPDOWN_BUDGET=0); STEPDOWN_BUDGET=on would share 2" in flat(forced.stdout)
 
 
 # ---- STEPDOWN_* variables: one rule --------------------------------------------------------

@@ -362,6 +362,9 @@ def test_workers_die_with_their_caller(
 
 @pytest.mark.timeout(60)
 def test_nested_workers_die_with_the_outermost_caller(
-    tmp_path: Path, strays: list[psutil.Process]
+    tmp_path: Path, strays: list[psutil.Process], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Without the host budget, which would rightly run the inner runs sequentially in the
+    # outer workers (its slots are the outer run's): here the inner runs need pools to orphan.
+    monkeypatch.setenv("STEPDOWN_BUDGET", "off")
     _orphans_after(tmp_path, "process:2", "nested", signal.SIGKILL, strays)

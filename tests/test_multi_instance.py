@@ -14,9 +14,10 @@ instances hold at once and what eight unbudgeted pools would hold:
 
 The first test proves the calibration (unbudgeted joblib is OOM-killed or cannot fork here);
 the second is the claim (with the budget, all eight finish with the right results and the
-group's OOM-kill counter stays 0); the third shows what stepdown does without the budget
-(workers are OOM-killed, it steps down; parents may be killed too once the tasks' memory
-moves into them, so only what is robust is asserted). The budget cannot protect below
+group's OOM-kill counter stays 0); the third shows what stepdown does with the budget switched off
+(each instance shrinks its pool as memory runs out; no parent is killed, a task that gets no
+memory even alone fails with MemoryError); the fourth is a profile that declares nothing (the
+budget is on by default, task memory is learned). The budget cannot protect below
 ``instances x (parent + task)``: the sequential slot is guaranteed so that every instance makes
 progress (``on_exhausted = "wait"`` queues instances instead, see docs/multi-instance.md).
 
@@ -181,10 +182,12 @@ def test_eight_unbudgeted_instances_step_down_and_lose_no_result(
 ) -> None:
     """Without the budget every instance plans loky(2) alone: 16 tasks at once do not fit.
 
-    Workers are OOM-killed and stepdown steps down (a fresh pool, suspects alone, threads);
-    once the tasks run in the parents, the OOM killer may take a parent too (FAULTS.md). What
-    must hold: no instance hangs, none ends with a Python error, and an instance that finishes
-    has every result right.
+    Each instance shrinks its pool as memory runs out (its guard stops a worker, or a task
+    outgrows its share and gets a MemoryError); what the others hold is not its to free, so a
+    task that does not get its memory even with one worker is that task's MemoryError (the
+    jobs raise it). What must hold: no instance hangs, no parent is killed, an instance ends
+    only with its results or a task's MemoryError, and one that finishes has every result
+    right.
     """
     instances, wall = _run(group, "stepdown-nobudget", runtime, timeout=90)
     text = _show("stepdown, budget off", group, instances, wall)
@@ -194,6 +197,23 @@ def test_eight_unbudgeted_instances_step_down_and_lose_no_result(
             assert instance.output is not None and instance.output["ok"]
             assert instance.output["results"] == expected, instance.name
         else:
-            # Only the OOM killer ends an instance early (SIGKILL); never an exception.
-            assert instance.returncode == -9, f"{text}\n{_stderr([instance])}"
-            assert instance.output is None or instance.output["error"] is None, text
+            assert instance.returncode == 1, f"{text}\n{_stderr([instance])}"
+            assert instance.output is not None, text
+            assert (instance.output["error"] or "").startswith("MemoryError"), text
+
+
+@pytest.mark.timeout(120)
+def test_eight_instances_that_declare_nothing_all_complete_without_an_oom_kill(
+    group: cgroups.Cgroup, runtime: str, expected: list[str]
+) -> None:
+    """A user's own profile, ``ladder = ["loky:3", "thread:2", "sequential"]``, with no budget
+    table and no task memory: the budget is on by default, and what a task holds is learned.
+    Before, two of eight parents were OOM-killed after their tasks moved into them."""
+    instances, wall = _run(group, "stepdown-undeclared", runtime, timeout=100)
+    text = _show("stepdown, a profile that declares nothing", group, instances, wall)
+    for instance in instances:
+        assert instance.completed, f"{instance.describe()}\n{text}\n{_stderr([instance])}"
+        assert instance.output is not None
+        assert instance.output["results"] == expected, instance.name
+        assert "budget: asked for" in instance.stderr, instance.describe()
+    assert group.oom_kills() == 0, f"{text}\n{_stderr(instances)}"

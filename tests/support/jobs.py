@@ -17,6 +17,8 @@ Modes:
                        waits for slots instead of stepping down to its guaranteed slot
 ``stepdown-nobudget``  the same as ``stepdown-budget`` with ``STEPDOWN_BUDGET=off``: every
                        instance plans alone
+``stepdown-undeclared`` a user's own profile that declares nothing (see :data:`OWN_POLICY`:
+                       no budget table, no task memory), ``STEPDOWN_BUDGET`` left unset
 ``joblib``             ``joblib.Parallel(n_jobs=3)`` with its default loky backend, as a user
                        would write it; a failure is caught, counted and reported (joblib's
                        list mode keeps no partial result, so the instance has none)
@@ -43,7 +45,14 @@ from typing import Any
 MIB = 1 << 20
 PAGE = mmap.PAGESIZE
 
-MODES = ("stepdown-budget", "stepdown-wait", "stepdown-nobudget", "joblib", "sequential")
+MODES = (
+    "stepdown-budget",
+    "stepdown-wait",
+    "stepdown-nobudget",
+    "stepdown-undeclared",
+    "joblib",
+    "sequential",
+)
 DEFAULT_TASKS = 12
 DEFAULT_MIB = 200
 DEFAULT_ROUNDS = 2
@@ -64,6 +73,13 @@ WAIT_POLICY: dict[str, Any] = {
             "budget": {"enabled": True, "on_exhausted": "wait", "wait": 300},
         }
     }
+}
+
+
+# A user's own profile as one would write it: a ladder, nothing declared about memory or a
+# budget.
+OWN_POLICY: dict[str, Any] = {
+    "profiles": {"mine": {"rules": [{"ladder": ["loky:3", "thread:2", "sequential"]}]}}
 }
 
 
@@ -128,16 +144,19 @@ def _log_to_stderr(instance: str) -> None:
 def _run_stepdown(
     fn: Any, tasks: int, mib: int, mode: str, declare: bool, out: dict[str, Any]
 ) -> None:
-    os.environ["STEPDOWN_BUDGET"] = "off" if mode == "stepdown-nobudget" else "on"
     import stepdown
 
-    run = stepdown.run(
-        fn,
-        range(tasks),
-        profile="kaggle",
-        policy=WAIT_POLICY if mode == "stepdown-wait" else None,
-        task_memory=f"{mib}MiB" if declare else None,
-    )
+    if mode == "stepdown-undeclared":
+        run = stepdown.run(fn, range(tasks), profile="mine", policy=OWN_POLICY)
+    else:
+        os.environ["STEPDOWN_BUDGET"] = "off" if mode == "stepdown-nobudget" else "on"
+        run = stepdown.run(
+            fn,
+            range(tasks),
+            profile="kaggle",
+            policy=WAIT_POLICY if mode == "stepdown-wait" else None,
+            task_memory=f"{mib}MiB" if declare else None,
+        )
     out["results"] = run.results
     out["report"] = _summary(run.report)
     out["failures"] = [

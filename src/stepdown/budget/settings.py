@@ -32,12 +32,14 @@ _OFF = ("0", "off", "false", "no")
 
 @dataclass(frozen=True)
 class BudgetSettings:
-    """``enabled``: coordinate with other instances on this host. ``size``: worker slots (``None``:
-    the CPUs this process may use). ``on_exhausted``: with no slot free, ``"step-down"`` to the
-    next rung (the last one always gets its slot) or ``"wait"`` up to ``wait`` seconds for one.
+    """``enabled``: coordinate with other instances on this host (every profile does unless it
+    says ``enabled = false``: an instance cannot know it is alone). ``size``: worker slots
+    (``None``: the CPUs this process may use). ``on_exhausted``: with no slot free,
+    ``"step-down"`` to the next rung (the last one always gets its slot) or ``"wait"`` up to
+    ``wait`` seconds for one.
     """
 
-    enabled: bool = False
+    enabled: bool = True
     size: int | None = None
     on_exhausted: OnExhausted = "step-down"
     wait: float = 30.0
