@@ -8,8 +8,8 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import Executor as _Executor
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backends.failures import translate
@@ -253,9 +253,17 @@ class Executor(_Executor):
             self._engine.interrupt(KeyboardInterrupt())
         self.shutdown(wait=True)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, kill_workers: bool = False
+    ) -> None:
+        """As ``concurrent.futures``; ``kill_workers=True`` (as loky's) also stops the calls
+        running in worker processes now, which fail with ``CancelledError``, instead of letting
+        them finish (calls running in threads cannot be stopped: they finish)."""
         with self._lock:
             self._shutdown = True
+            if kill_workers:
+                cancel_futures = True
+                self._engine.interrupt(CancelledError("shut down with kill_workers=True"))
             if cancel_futures:
                 taken, _ = self._inbox.take(1 << 30, lambda call: True)
                 for call in taken:

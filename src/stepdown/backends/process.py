@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from typing import Any
 
 from ._pool import PoolBackend
 from .worker import prepare
@@ -29,12 +30,27 @@ class ProcessBackend(PoolBackend):
     def abandon(self) -> None:
         # Before the workers are killed: the pool's manager then fails every pending call, and
         # on a call the runner has cancelled Python 3.11's raises InvalidStateError and prints
-        # its traceback (3.12 ignores it).
+        # its traceback (3.12 ignores it). The call stays where the manager looks it up (it
+        # may still be queued by id), with a stand-in future that takes the failure quietly.
         pending = getattr(self._pool, "_pending_work_items", None) or {}
-        for work_id, item in list(pending.items()):
-            if item.future.cancelled():
-                pending.pop(work_id, None)
+        for item in list(pending.values()):
+            if item.future.cancelled() and not isinstance(item.future, _Cancelled):
+                item.future = _Cancelled()
         super().abandon()
+
+
+class _Cancelled(Future[Any]):
+    """A cancelled future that ignores a result or an exception set on it afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancel()
+
+    def set_result(self, result: Any) -> None:
+        pass
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        pass
 
 
 BACKEND = ProcessBackend

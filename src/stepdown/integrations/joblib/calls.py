@@ -182,7 +182,9 @@ class Call:
             sources = list(self._pending)
         for source in sources:
             source.cancel()  # only those still queued; running ones see `aborted` and skip
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        # As joblib's own loky backend does: what runs in worker processes is killed, not left
+        # to finish (it would hold the pool, its budget slots and the interpreter's exit).
+        self._executor.shutdown(wait=False, cancel_futures=True, kill_workers=True)
 
     def end(self) -> None:
         """The Parallel call is over: close the executor (its warm pool goes back to stepdown)."""
@@ -190,7 +192,9 @@ class Call:
             self._ended = True
             last = not self._pending
         if self._inline is None:
-            wait = not self.aborted and not getattr(_in_callback, "active", False)
+            # An aborted call's executor was told to kill its workers: it ends at once, and
+            # waiting for it frees its budget slots before the next Parallel call asks.
+            wait = not getattr(_in_callback, "active", False)
             self._executor.shutdown(wait=wait, cancel_futures=self.aborted)
         if last:
             self._release()
