@@ -22,6 +22,8 @@ import pytest
 import stepdown
 from stepdown.cli.parser import parser
 
+from tests.support.outputs import read_output
+
 pytestmark = pytest.mark.timeout(120)
 
 DOCS = Path(__file__).parent.parent / "docs"
@@ -137,15 +139,6 @@ def job(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def records(path: Path) -> dict[int, dict[str, object]]:
-    found: dict[int, dict[str, object]] = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        assert record["index"] not in found, f"index {record['index']} written twice"
-        found[record["index"]] = record
-    return found
-
-
 def calls(job: Path) -> list[int]:
     return sorted(int(p.name.split("-")[0]) for p in (job / "calls").iterdir())
 
@@ -155,7 +148,7 @@ def test_resume_keeps_errors_and_says_so_retry_errors_runs_them_again(job: Path)
     env = {"FAIL": "2,5", "CALLS": str(job / "calls")}
     first = stepdown_cli(*run, env=env, cwd=job)
     assert first.returncode == 1, first.stderr
-    assert {i for i, r in records(job / "out.jsonl").items() if "error" in r} == {2, 5}
+    assert {i for i, r in read_output(job / "out.jsonl").items() if "error" in r} == {2, 5}
 
     # --resume alone: nothing runs again, and the errors still in the file make it exit 1.
     (job / "calls" / "keep").mkdir()
@@ -172,7 +165,7 @@ def test_resume_keeps_errors_and_says_so_retry_errors_runs_them_again(job: Path)
     retry = stepdown_cli(*run, "--retry-errors", env={"CALLS": str(job / "calls")}, cwd=job)
     assert retry.returncode == 0, retry.stderr
     assert calls(job) == [2, 5]
-    final = records(job / "out.jsonl")
+    final = read_output(job / "out.jsonl")
     assert sorted(final) == list(range(8))
     assert all(final[i] == {"index": i, "result": i * 2} for i in range(8))
     assert "retried: 2 items whose line was an error" in retry.stderr

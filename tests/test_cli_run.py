@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.outputs import read_output
+
 pytestmark = pytest.mark.timeout(120)
 
 JOB = textwrap.dedent(
@@ -40,15 +42,6 @@ def write_items(path: Path, n: int, **extra: object) -> None:
 
 def stepdown_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "stepdown", *args]
-
-
-def read_output(path: Path) -> dict[int, dict[str, object]]:
-    records: dict[int, dict[str, object]] = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        assert record["index"] not in records, f"index {record['index']} written twice"
-        records[record["index"]] = record
-    return records
 
 
 @pytest.fixture
