@@ -14,10 +14,13 @@ import os
 import re
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
 import stepdown
+from stepdown.planning.cgroup import Cgroup as GroupFiles
+from stepdown.planning.cgroup import cgroup_memory
 from stepdown.runner.batch import run_batch
 from stepdown.runner.memory import TaskMemory
 
@@ -134,3 +137,19 @@ def test_a_fresh_interpreter_worker_is_charged_its_own_footprint_not_the_callers
     measured = plan.worker_memory(loky)
     assert 5 * MiB < measured < 200 * MiB, measured / MiB
     del held
+
+
+def test_all_file_cache_counts_as_free_for_the_guard_not_for_the_plan(tmp_path: Path) -> None:
+    """A group at 900 of 1000 MiB, 300 MiB of it file cache (a notebook that read big files):
+    the kernel takes the cache back before it kills anyone, so shares and the guard count all
+    of it as free; the plan keeps counting only the inactive part."""
+    (tmp_path / "memory.max").write_text(f"{1000 * MiB}\n")
+    (tmp_path / "memory.current").write_text(f"{900 * MiB}\n")
+    (tmp_path / "memory.stat").write_text(
+        f"anon {600 * MiB}\nactive_file {200 * MiB}\ninactive_file {100 * MiB}\n"
+    )
+    group = GroupFiles(version=2, mount_point=str(tmp_path), path="/")
+    _, planned = cgroup_memory(group)
+    _, guarded = cgroup_memory(group, all_cache=True)
+    assert planned is not None and planned.value == 200 * MiB
+    assert guarded is not None and guarded.value == 400 * MiB

@@ -239,17 +239,20 @@ def cgroup_cpus(group: Cgroup) -> Reading | None:
     return best
 
 
-def _memory_at(version: int, directory: str) -> tuple[int | None, str, int | None]:
+def _memory_at(
+    version: int, directory: str, all_cache: bool = False
+) -> tuple[int | None, str, int | None]:
     """(limit, the name it was read under, usage) of one group directory.
 
-    Usage leaves out inactive file cache, which the kernel reclaims before it OOM-kills.
+    Usage leaves out inactive file cache, which the kernel reclaims before it OOM-kills (and,
+    with ``all_cache``, the active file cache too, which it also reclaims, later).
     """
     stat = parse_memory_stat(read_text(directory + "/memory.stat"))
     if version == 2:
         limit, name = parse_memory_limit(read_text(directory + "/memory.max")), "memory.max"
         current, inactive = (
             parse_int(read_text(directory + "/memory.current")),
-            stat.get("inactive_file"),
+            stat.get("inactive_file", 0) + (stat.get("active_file", 0) if all_cache else 0),
         )
     else:
         # hierarchical_memory_limit folds in ancestors we may not see (a namespaced mount);
@@ -259,16 +262,19 @@ def _memory_at(version: int, directory: str) -> tuple[int | None, str, int | Non
         if own is not None and (limit is None or own < limit):
             limit, name = own, "memory.limit_in_bytes"
         current = parse_int(read_text(directory + "/memory.usage_in_bytes"))
-        inactive = stat.get("total_inactive_file", stat.get("inactive_file"))
+        inactive = stat.get("total_inactive_file", stat.get("inactive_file", 0))
+        if all_cache:
+            inactive += stat.get("total_active_file", stat.get("active_file", 0))
     usage = None if current is None else max(0, current - (inactive or 0))
     return limit, name, usage
 
 
-def cgroup_memory(group: Cgroup) -> tuple[Reading | None, Reading | None]:
-    """(limit, limit minus usage) of the group or its tightest ancestor; ``None``: no limit."""
+def cgroup_memory(group: Cgroup, all_cache: bool = False) -> tuple[Reading | None, Reading | None]:
+    """(limit, limit minus usage) of the group or its tightest ancestor; ``None``: no limit.
+    ``all_cache``: count all file cache as free (see :func:`_memory_at`)."""
     limit = available = None
     for directory in group.directories():
-        level_limit, name, usage = _memory_at(group.version, directory)
+        level_limit, name, usage = _memory_at(group.version, directory, all_cache)
         if level_limit is None:
             continue
         where = f"cgroup v{group.version} {name}"

@@ -115,10 +115,14 @@ def _memory_group() -> Cgroup | None:
 
 
 def memory_left() -> Left | None:
-    """What the tightest memory limit over the caller still allows (``None``: cannot tell)."""
+    """What the tightest memory limit over the caller still allows (``None``: cannot tell).
+
+    All file cache counts as free: the kernel takes it back before it kills anyone, and a
+    share or a stop that counted it would fail tasks that fit (a notebook that read big files).
+    """
     group = _memory_group()
     if group is not None:
-        limit, available = cgroup_memory(group)
+        limit, available = cgroup_memory(group, all_cache=True)
         if limit is not None and limit.value and available is not None and available.value:
             return Left(available.value, limit.value, available.source)
     try:
