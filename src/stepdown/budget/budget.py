@@ -143,12 +143,11 @@ class Budget:
         """Take up to ``n`` free slots now; the grant may hold fewer, or none.
 
         With ``wait > 0`` and no slot free, polls with jittered sleeps for up to ``wait``
-        seconds until one is. A grant that holds every slot held (no one else holds any) and
-        asked for more than the budget's size gets the rest beyond it. With
-        ``guaranteed=True`` (the sequential rung) a grant that would hold none holds one slot
-        beyond the budget instead, marked ``over_budget``, because every instance must make
-        progress. Raises :class:`UsageError` for bad arguments or an unsafe budget
-        directory; never for what other instances left in their slot files.
+        seconds until one is. With ``guaranteed=True`` (the sequential rung) a grant that
+        would hold none holds one slot beyond the budget instead, marked ``over_budget``,
+        because every instance must make progress. Raises :class:`UsageError` for bad
+        arguments or an unsafe budget directory; never for what other instances left in their
+        slot files.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise UsageError(f"cannot ask for {n!r} slots: give a whole number >= 0")
@@ -183,10 +182,6 @@ class Budget:
                 )
             time.sleep(min(left, delay * random.uniform(0.5, 1.5)))
             delay = min(delay * 2, 0.1)
-        if 0 < len(slots) < n and len(self.status().held) == len(slots):
-            # A lone instance is not held below what it asked for (the budget is on by default,
-            # and "loky:4" on 2 CPUs is a choice); whoever comes next finds the budget full.
-            slots += [self._take_over(memory, label, started) for _ in range(n - len(slots))]
         over = False
         if not slots and guaranteed:
             slots = [self._take_over(memory, label, started)]
