@@ -120,5 +120,4 @@ def test_a_long_task_is_not_a_stall(tmp_path: Path) -> None:
     done = _run(tmp_path, body, {})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[0, 1]"
-    assert "failed" not in done.stderr
-    assert "process(2) started" in done.stderr or "process(2)" in done.stderr
+    assert "failed" not in done.stderr and "stalled" not in done.stderr, done.stderr

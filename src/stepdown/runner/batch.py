@@ -320,7 +320,7 @@ def run_batch(
     values: list[Any] = []
     errors: dict[int, BaseException | TaskException] | None = None
     share = None if duties is None else duties.memory_share
-    if remote:
+    if remote and share is not None:  # a cap is lifted after each batch: none is left to lift
         peak.cap(share)
     base = peak.start() if remote else None
     overran = None
