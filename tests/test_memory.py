@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ from stepdown.planning.cgroup import cgroup_memory
 from stepdown.runner.batch import run_batch
 from stepdown.runner.memory import TaskMemory
 
-from tests.support.cgroups import Cgroup, skip_unless_cgroups
+from tests.support.cgroups import Cgroup, child_env, skip_unless_cgroups
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,6 +119,77 @@ def test_tasks_that_outgrow_the_container_shrink_the_process_rung() -> None:
     assert "shrinking it to loky(1)" in done.stderr
     learned = re.search(r"task memory learned ([\d.]+) MiB", out["report"])
     assert learned is not None and 150 <= float(learned.group(1)) <= 300, out["report"]
+
+
+# Tasks of 160 MiB, one at a time, in a 400 MiB group. When task 2 starts, another process in
+# the group (the hog) takes 200 MiB and keeps it: the guard stops the worker. One task no longer
+# fits beside the caller, so the sequential rung may not run it there yet; the hog is killed
+# once the run says it waits. Before, the sequential rung was skipped at once and the run
+# raised "every rung of the ladder failed" with two results in hand.
+CONTENDED = """
+import json, logging, sys
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+import stepdown
+from tests.support.memtask import hold_then_signal
+
+items = [(160, i, sys.argv[1], 2) for i in range(4)]
+ladder = ["process:1", "sequential"]
+run = stepdown.run(hold_then_signal, items, ladder=ladder, stall_timeout=float(sys.argv[2]))
+print(json.dumps({"results": run.results, "rungs": [r.label for r in run.report.rungs]}))
+"""
+
+
+def _contended(tmp_path: Path, free: bool) -> tuple[int, str, str, int]:
+    """Run CONTENDED beside a hog; ``free``: kill the hog once the run waits. Returns the run's
+    exit code, stdout, stderr and the group's OOM kills."""
+    skip_unless_cgroups("memory")
+    marker = str(tmp_path / "go")
+    hog_code = f"from tests.support.memtask import hog; hog({marker!r}, 200)"
+    with Cgroup("memory") as group:
+        group.set_memory_limit(400 * MiB)
+        env = child_env()
+        hog = group.popen([sys.executable, "-c", hog_code], stdout=subprocess.PIPE, env=env)
+        run = group.popen(
+            [sys.executable, "-c", textwrap.dedent(CONTENDED), marker, "3" if free else "0.3"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert run.stderr is not None
+        lines = []
+        for line in run.stderr:  # ends when the run exits
+            lines.append(line)
+            if free and "waiting up to" in line:
+                hog.kill()
+        out, _ = run.communicate(timeout=60)
+        hog.kill()
+        hog.wait(timeout=10)
+        return run.returncode, out, "".join(lines), group.oom_kills()
+
+
+def test_an_in_process_rung_waits_for_memory_others_hold_then_runs(tmp_path: Path) -> None:
+    code, out, stderr, kills = _contended(tmp_path, free=True)
+    assert code == 0, stderr[-3000:]
+    assert json.loads(out.strip().splitlines()[-1]) == {
+        "results": [0, 1, 2, 3],
+        "rungs": ["process(1)", "sequential"],
+    }
+    assert "process(1) failed: out of memory" in stderr, stderr[-3000:]
+    assert "memory came back after" in stderr, stderr[-3000:]
+    assert kills == 0, stderr[-3000:]
+
+
+def test_memory_that_never_comes_back_ends_the_run_as_out_of_memory(tmp_path: Path) -> None:
+    """Waiting is bounded (10 x stall_timeout); the run then says memory, not a broken
+    executor."""
+    code, _, stderr, kills = _contended(tmp_path, free=False)
+    assert code == 1, stderr[-3000:]
+    assert "waiting up to 3 s" in stderr, stderr[-3000:]
+    assert "after waiting 3 s: it would take the caller down" in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last == "stepdown.errors.ResourceFailure: out of memory: every rung of the ladder failed"
+    assert kills == 0, stderr[-3000:]
 
 
 def test_a_fresh_interpreter_worker_is_charged_its_own_footprint_not_the_callers() -> None:

@@ -199,7 +199,8 @@ def test_eight_unbudgeted_instances_step_down_and_lose_no_result(
         else:
             assert instance.returncode == 1, f"{text}\n{_stderr([instance])}"
             assert instance.output is not None, text
-            assert (instance.output["error"] or "").startswith("MemoryError"), text
+            error = instance.output["error"] or ""
+            assert error.startswith("MemoryError"), f"{text}\n{_stderr([instance])}"
 
 
 @pytest.mark.timeout(120)

@@ -3,7 +3,9 @@ computes, then freed; it returns a checksum of what it held."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 MiB = 1 << 20
 
@@ -21,3 +23,22 @@ def hold(item: tuple[int, int]) -> int:
     total = sum(c[0] for c in chunks)
     assert total == len(chunks)
     return index
+
+
+def hold_then_signal(item: tuple[int, int, str, int]) -> int:
+    """:func:`hold`, after creating the file ``marker`` if ``index`` is ``at``: what another
+    process waits for to start taking memory while this task holds its own."""
+    mib, index, marker, at = item
+    if index == at:
+        Path(marker).touch()
+    return hold((mib, index))
+
+
+def hog(marker: str, mib: int) -> None:
+    """Once ``marker`` exists, hold ``mib`` MiB (touched) until killed; say so on stdout."""
+    while not os.path.exists(marker):
+        time.sleep(0.005)
+    held = bytearray(mib * MiB)
+    held[::4096] = b"\x01" * (len(held) // 4096)
+    print("held", flush=True)
+    time.sleep(3600)

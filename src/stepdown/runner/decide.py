@@ -15,7 +15,7 @@ from ..errors import Reason, ResourceFailure
 from ..planning.rung import Rung
 from .timeouts import Timeouts
 
-__all__ = ["Step", "Watchdog", "decide"]
+__all__ = ["Renew", "Step", "Watchdog", "decide"]
 
 log = logging.getLogger("stepdown")
 
@@ -26,6 +26,15 @@ class Step(enum.Enum):
     RESTART = "restart the rung with a fresh pool"
     SHRINK = "restart the rung with fewer workers"
     STEP_DOWN = "step down to the next rung"
+
+
+class Renew(Exception):
+    """Ends a rung's run, not failed: the same rung goes on with a fresh executor. The old one
+    is shut down in order if ``graceful`` (it is idle), else abandoned."""
+
+    def __init__(self, why: str, graceful: bool = False) -> None:
+        super().__init__(why)
+        self.graceful = graceful
 
 
 def decide(

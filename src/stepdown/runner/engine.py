@@ -32,9 +32,7 @@ have run ``max_tasks_per_child`` tasks (a worker then declines new batches).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -48,9 +46,9 @@ from ..planning.rung import Rung
 from ..planning.setup import Setup
 from . import pools
 from .batch import BatchResult
-from .decide import Step, Watchdog, decide
+from .decide import Renew, Step, Watchdog, decide
 from .delivery import Delivery, Outcome
-from .flights import Feed, Flight, Flights, Inbox, Sizer
+from .flights import Events, Feed, Flight, Flights, Inbox, Sizer
 from .grants import Slots
 from .memory import MemoryCare
 from .report import Report, RungRecord, log_plan
@@ -65,15 +63,6 @@ log = logging.getLogger("stepdown")
 Stepping = Generator[list[Outcome], None, BaseException | None]
 
 _TARGET_BATCH_SECONDS = 0.05
-
-
-class _Renew(Exception):
-    """Ends a rung's run, not failed: the same rung goes on with a fresh executor. The old one
-    is shut down in order if ``graceful`` (it is idle), else abandoned."""
-
-    def __init__(self, why: str, graceful: bool = False) -> None:
-        super().__init__(why)
-        self.graceful = graceful
 
 
 class Engine:
@@ -100,11 +89,11 @@ class Engine:
         self._feed = Feed(items, self._sizer, accept)
         self.report = Report.planned(setup.plan, self._feed.total)
         log_plan(setup.plan)
-        self._memory = MemoryCare(options.task_bytes)
+        self._memory = MemoryCare(options.task_bytes, 10 * options.stall_timeout)
         self.delivery = Delivery(options, self._feed, self._sizer, self.report, self._memory)
         # Finished futures arrive here from their done-callbacks (None: the inbox has news; an
         # exception: stop). One queue to block on, not waiters on every flight per step.
-        self._events: queue.SimpleQueue[Future[Any] | BaseException | None] = queue.SimpleQueue()
+        self._events = Events()
         if self._feed.inbox is not None:
             self._feed.inbox.listener = self._events.put
         self._flights = Flights()
@@ -115,6 +104,7 @@ class Engine:
         self._retiring = False  # a worker declined a batch: renew once the rung is idle
         self._renewed: RungRecord | None = None
         self._shrunk: int | None = None  # workers for the same rung after a memory failure
+        self._ended = Reason.EXECUTOR_BROKEN  # why the last rung failed or was skipped
         # In order: results that finished before an earlier one, by index.
         self.waiting: dict[int, tuple[Any, bool]] = {}
         # The rung running now (the demo kills one of its workers); None before the first.
@@ -180,7 +170,7 @@ class Engine:
                 pools.release(backend, rung, self.options.reuse)
                 yield from self._drain_orphans()
                 return
-            if isinstance(error, _Renew):
+            if isinstance(error, Renew):
                 self._renew(backend, record, error)
                 continue
             failure = translate(error, backend.label, backend.dead_worker_exitcode())
@@ -199,7 +189,7 @@ class Engine:
             position += 1
             restarts = 0
         if not self._finished():
-            raise ResourceFailure(Reason.EXECUTOR_BROKEN, "every rung of the ladder failed")
+            raise ResourceFailure(self._ended, "every rung of the ladder failed")
 
     def _finished(self) -> bool:
         return self._feed.exhausted and not self._feed.requeued and not self._flights
@@ -208,13 +198,17 @@ class Engine:
         renewed, self._renewed = self._renewed, None
         shrunk, self._shrunk = self._shrunk, None
         workers = shrunk or (renewed.workers if renewed is not None else rung.workers) or 1
-        # Checked before a pool starts for nothing: only in-process rungs can run such a function.
-        why = self._memory.in_process(workers) if rung.in_process else self._shipping.unpicklable()
+        why: int | str | None
+        if rung.in_process:
+            why = self._memory.in_process(workers, self._events.pause)
+        else:  # before a pool starts for nothing: only in-process rungs can run such a function
+            why = self._shipping.unpicklable()
         if isinstance(why, int):
             workers, why = why, None
         memory = self._memory.charge(self.plan.worker_memory(rung))
         granted = why or self._slots.take(rung, workers, memory)
         if isinstance(granted, str):
+            self._ended = Reason.OUT_OF_MEMORY if why and rung.in_process else self._ended
             label = rung.label(workers)
             self.report.skip(label, rung.backend, granted, why, workers, self._next_label(position))
             return None
@@ -287,7 +281,7 @@ class Engine:
             if failure is None:
                 failure = yield from self._stop_overdue(backend)
             if failure is None and self._retiring and not self._flights.busy(backend):
-                failure = _Renew(
+                failure = Renew(
                     f"its workers ran max_tasks_per_child={self.options.max_tasks_per_child}",
                     graceful=True,
                 )
@@ -307,23 +301,16 @@ class Engine:
         for future, index in stopped:
             renew = renew or self._flights.pop(future).backend is backend
             yield [self.delivery.failed(index, TaskTimeout(index, self._timeouts.seconds))]
-        return _Renew("a task ran over task_timeout") if renew else None
+        return Renew("a task ran over task_timeout") if renew else None
 
     def _collect(
         self, backend: Backend, last: bool
     ) -> Generator[list[Outcome], None, tuple[BaseException | None, bool]]:
         """Wait for finished batches and deliver them; return (failure, quiet) where quiet
         means nothing happened for a poll interval (time for the watchdog to look)."""
-        try:
-            events = [self._events.get(timeout=self._timeouts.poll)]
-        except queue.Empty:
+        events = self._events.take(self._timeouts.poll)
+        if not events:
             return None, True
-        with contextlib.suppress(queue.Empty):
-            while True:
-                events.append(self._events.get_nowait())
-        for event in events:
-            if isinstance(event, BaseException):
-                raise event
         finished = [f for f in events if isinstance(f, Future) and f in self._flights]
         failure: BaseException | None = None
         for future in sorted(finished, key=lambda f: self._flights[f].batch.indexes[0]):
@@ -356,7 +343,7 @@ class Engine:
 
     # ---- stepping down ---------------------------------------------------------------
 
-    def _renew(self, backend: Backend, record: RungRecord, why: _Renew) -> None:
+    def _renew(self, backend: Backend, record: RungRecord, why: Renew) -> None:
         self._flights.evacuate(backend, False, self._feed, self.report)
         if why.graceful and not self._flights.busy(backend):
             backend.shutdown()
@@ -376,7 +363,7 @@ class Engine:
             self._shrunk = self._memory.shrunk(backend.workers)
             then = f"shrinking it to {backend.name}({self._shrunk})"
         record.failure = failure.detail or failure.reason.value
-        record.reason = failure.reason.value
+        record.reason, self._ended = failure.reason.value, failure.reason
         record.requeued = moved
         why = f"{failure.reason.value} ({failure.detail})"
         log.warning("%s failed: %s; %s with %s", backend.label, why, then, self._left())

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Future
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from ..backends.base import Backend
     from .report import Report, RungRecord
 
-__all__ = ["Batch", "Feed", "Flight", "Flights", "Inbox", "Sizer"]
+__all__ = ["Batch", "Events", "Feed", "Flight", "Flights", "Inbox", "Sizer"]
 
 _MAX_BATCH = 10_000
 
@@ -253,3 +255,41 @@ class Feed:
     @property
     def has_suspects(self) -> bool:
         return any(b.suspect for b in self.requeued)
+
+
+class Events:
+    """What the runner blocks on, one queue: finished futures (their done-callbacks put them),
+    ``None`` (the inbox has news) and exceptions (stop: raised where the runner waits)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Future[Any] | BaseException | None] = queue.SimpleQueue()
+
+    def put(self, event: Future[Any] | BaseException | None) -> None:
+        self._queue.put(event)
+
+    def take(self, timeout: float) -> list[Future[Any] | None]:
+        """What arrived, waiting up to ``timeout`` for the first (``[]``: nothing came)."""
+        events: list[Future[Any] | BaseException | None] = []
+        try:
+            events.append(self._queue.get(timeout=timeout))
+            while True:
+                events.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        for event in events:
+            if isinstance(event, BaseException):
+                raise event
+        return [e for e in events if not isinstance(e, BaseException)]
+
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` between rungs; a stop is raised at once, finished futures that
+        arrive meanwhile (an orphan's) stay queued for :meth:`take`."""
+        deadline = time.monotonic() + seconds
+        kept: list[Future[Any] | None] = []
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                kept += self.take(left)
+        finally:
+            for event in kept:
+                if event is not None:
+                    self._queue.put(event)

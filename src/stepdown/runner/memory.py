@@ -232,8 +232,11 @@ class Guard:
 class MemoryCare:
     """The run's memory decisions, in one place for the runner (see the module's docstring)."""
 
-    def __init__(self, declared: int | None) -> None:
+    WAIT = 0.25  # how often to look for room while no task fits beside the caller
+
+    def __init__(self, declared: int | None, patience: float = 30.0) -> None:
         self.task = TaskMemory(declared)
+        self.patience = patience  # how long an in-process rung waits for room (see in_process)
         self.guard = Guard(self.task)
         self.failed = False  # a rung of this run failed for memory
         # What the tasks of one worker of the process rung running now may add (peak.cap).
@@ -294,22 +297,33 @@ class MemoryCare:
         is, its ``MemoryError`` is its outcome: it would not fit beside the caller either."""
         return not remote or workers > 1
 
-    def in_process(self, workers: int) -> int | str:
+    def in_process(self, workers: int, pause: Callable[[float], None]) -> int | str:
         """Tasks an in-process rung may run at once beside the caller, or why none: after a
         memory failure, only as many as fit what is left (a task that does not fit would take
-        the caller down with it)."""
+        the caller down with it). When not one fits, what others hold may be freed soon (other
+        jobs on the host finish): ``pause`` up to ``patience`` seconds in all for room."""
         estimate = self.task.estimate
         if not self.failed or not estimate:
             return workers
         fit = self.guard.fit(workers)
         if fit:
             return fit
-        left = self.guard.read()
-        room = "too little" if left is None else format_size(max(0, left.free - left.margin))
-        return (
-            f"a task holds about {format_size(estimate)} and {room} is left beside the caller: "
-            "it would take the caller down"
-        )
+        waited, began = False, time.monotonic()
+        while True:
+            left = self.guard.read()
+            room = "too little" if left is None else format_size(max(0, left.free - left.margin))
+            why = f"a task holds about {format_size(estimate)} and {room} is left beside the caller"
+            spent = time.monotonic() - began
+            if spent >= self.patience:
+                return f"{why} after waiting {spent:.0f} s: it would take the caller down"
+            if not waited:
+                log.warning("%s; waiting up to %.0f s for memory to come back", why, self.patience)
+                waited = True
+            pause(min(self.WAIT, self.patience - spent))
+            fit = self.guard.fit(workers)
+            if fit:
+                log.info("memory came back after %.1f s: room for %d task(s)", spent, fit)
+                return fit
 
     def charge(self, planned: int) -> int:
         """What one slot of the host budget reserves: the plan's figure, plus the learned
