@@ -98,3 +98,32 @@ def test_bad_policy_file_names_file_and_key(tmp_path: object) -> None:
     out = stepdown("plan", "--policy", path, "--profile", "mine")
     assert out.returncode == 2
     assert path in out.stderr and "profiles.mine.rules[0].ladder[0]" in out.stderr
+
+
+def test_doctor_shows_start_up_costs_and_where_they_come_from() -> None:
+    out = stepdown("doctor")
+    assert out.returncode == 0, out.stderr
+    section = out.stdout.split("\nstart-up", 1)[1].split("\n\n", 1)[0].splitlines()
+    rows = {line.split()[0]: line for line in section[1:] if not line.startswith("  cached")}
+    assert set(rows) >= {"fork", "forkserver", "spawn", "loky", "thread", "ray"}
+    assert all("[default: not measured on this host]" in rows[k] for k in ("fork", "loky", "ray"))
+    runtime = os.environ["XDG_RUNTIME_DIR"]
+    assert f"cached in {runtime}/stepdown/.startup-costs.json" in section[-1]
+
+    code = (
+        "from stepdown.cli.doctor import doctor; "
+        "print(doctor(measure_startup=['thread']).explain())"
+    )
+    measured = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=50, check=False
+    )
+    assert measured.returncode == 0, measured.stderr
+    start_up = measured.stdout.split("\nstart-up", 1)[1].split("\n\n", 1)[0]
+    thread = next(line for line in start_up.splitlines() if line.startswith("  thread "))
+    assert " by stepdown doctor]" in thread and "[measured " in thread
+
+    report = json.loads(stepdown("doctor", "--json").stdout)["startup"]
+    assert report["cache"] == f"{runtime}/stepdown/.startup-costs.json"
+    assert report["kinds"]["thread"]["source"].endswith(" by stepdown doctor")
+    assert report["kinds"]["thread"]["start"] > 0
+    assert report["kinds"]["loky"]["source"] == "default: not measured on this host"

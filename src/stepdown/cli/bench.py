@@ -2,7 +2,9 @@
 
 Runs a short CPU-bound workload on every rung the plan would use, one rung at a time, plus
 sequential as the baseline, and reports wall time, speed-up and the peak memory of this process
-and its children — the table a user reads to decide whether the ladder fits.
+and its children — the table a user reads to decide whether the ladder fits. Then it measures
+what starting each kind of pool costs here (:func:`stepdown.planning.startup.measure`), which
+the planner reads from then on.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..api import run
 from ..planning.resources import tree_rss
 from ..planning.rung import Rung, ending_last
 from ..planning.setup import plan
+from ..planning.startup import Cost, measure
 from ..units import format_size
 
 __all__ = ["BenchResult", "bench", "burn", "calibrate"]
@@ -86,6 +89,7 @@ class BenchResult:
     task_seconds: float
     profile: str
     rows: tuple[Row, ...]
+    startup: dict[str, Cost]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +109,22 @@ class BenchResult:
             )
         lines.append("")
         lines.append("Start-up is a cold pool's; a warm pool (reused within one process) costs 0.")
+        lines += [
+            "",
+            "start-up cost of each kind of pool, measured in fresh interpreters (median of 3):",
+            "",
+            "| kind | start (ms) | imports (ms) | source |",
+            "|---|---:|---:|---|",
+        ]
+        for kind, cost in self.startup.items():
+            lines.append(
+                f"| {kind} | {cost.start * 1000:.1f} | {cost.imports * 1000:.1f} | {cost.source} |"
+            )
+        lines.append("")
+        lines.append(
+            "start: creating the pool until each of 2 workers has answered, imports done; "
+            "imports: what a cold script pays first."
+        )
         return "\n".join(lines)
 
 
@@ -122,7 +142,8 @@ def bench(
     profile: str | None = None,
     policy: str | os.PathLike[str] | Mapping[str, Any] | None = None,
 ) -> BenchResult:
-    """Measure each usable rung of the plan for ``tasks`` tasks, and sequential."""
+    """Measure each usable rung of the plan for ``tasks`` tasks, and sequential; then the
+    start-up cost of each kind of pool (stored for the planner)."""
     chosen = plan(tasks=tasks, profile=profile, policy=policy)
     n = calibrate(_TASK_SECONDS)
     rungs = list(ending_last(chosen.usable_rungs()))
@@ -139,4 +160,5 @@ def bench(
         )
         for rung in rungs
     )
-    return BenchResult(tasks, _TASK_SECONDS, chosen.profile, rows)
+    startup = measure(by="stepdown bench")
+    return BenchResult(tasks, _TASK_SECONDS, chosen.profile, rows, startup)

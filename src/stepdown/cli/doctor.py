@@ -1,12 +1,13 @@
-"""``stepdown doctor``: what this machine offers, which backends are here, and the plans it gets."""
+"""``stepdown doctor``: what this machine offers, which backends are here, what starting each
+kind of pool costs, and the plans it gets."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..backends.registry import BackendInfo, infos
@@ -14,6 +15,8 @@ from ..planning.plan import Plan
 from ..planning.reading import Reading
 from ..planning.resources import Resources
 from ..planning.setup import survey
+from ..planning.startup import Cost, costs, measure
+from ..planning.startup_cache import cache_path
 from ..units import format_size
 from .show import budget_line, budget_status
 
@@ -45,6 +48,8 @@ class DoctorReport:
     plans: tuple[Plan, ...]
     ray: Mapping[str, Any] | None
     budget: Mapping[str, Any] | None
+    startup: Mapping[str, Cost]
+    startup_cache: str
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +59,10 @@ class DoctorReport:
             "profile": {"name": self.profile, "source": self.profile_source},
             "ray": self.ray,
             "budget": self.budget,
+            "startup": {
+                "cache": self.startup_cache,
+                "kinds": {kind: asdict(cost) for kind, cost in self.startup.items()},
+            },
             "plans": {str(p.tasks): p.to_dict() for p in self.plans},
         }
 
@@ -79,6 +88,14 @@ class DoctorReport:
         lines += [f"  {b.describe()}" for b in self.backends]
         if self.ray is not None:
             lines.append(f"  {'':<11} ray cluster: {_ray_line(self.ray)}")
+        lines += ["", f"start-up{'':<11} {'start':>8} {'imports':>8}"]
+        for kind, cost in self.startup.items():
+            lines.append(
+                f"  {kind:<17} {_ms(cost.start):>8} {_ms(cost.imports):>8}  [{cost.source}]"
+            )
+        lines.append(
+            f"  cached in {self.startup_cache}; `stepdown doctor --measure` measures again"
+        )
         if self.budget is not None:
             lines += ["", "host budget", f"  {budget_line(self.budget)}"]
             if self.budget.get("finding"):
@@ -98,6 +115,10 @@ class DoctorReport:
             lines.append(text)
         lines += ["", "Run `stepdown plan --tasks N` for the reasons behind each number."]
         return "\n".join(lines)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 0.01 else f"{seconds * 1000:.0f} ms"
 
 
 def _line(name: str, reading: Reading, fmt: Any) -> str:
@@ -136,9 +157,20 @@ def _ray_status(resources: Resources) -> Mapping[str, Any] | None:
 def doctor(
     profile: str | None = None,
     policy: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    measure_startup: bool | Sequence[str] | None = None,
 ) -> DoctorReport:
     """Everything stepdown sees and decides on this machine: one survey (policy, probe,
-    profile, budget), planned for 1, 4 and 64 tasks. Raises ``PolicyError``."""
+    profile, budget), planned for 1, 4 and 64 tasks, and the start-up cost of each kind of
+    pool as cached: doctor measures nothing unless asked, so it stays fast.
+
+    ``measure_startup`` measures first (a few seconds): ``True`` or an empty sequence the kinds
+    measured by default, a sequence of names those kinds (``["ray"]``). Raises ``PolicyError``,
+    and ``UsageError`` for an unknown kind.
+    """
+    startup = costs()
+    if measure_startup is not None and measure_startup is not False:
+        named = None if isinstance(measure_startup, bool) else list(measure_startup) or None
+        startup.update(measure(named, by="stepdown doctor"))
     found = survey(profile, policy)
     return DoctorReport(
         resources=found.resources,
@@ -149,4 +181,6 @@ def doctor(
         plans=tuple(found.plan(n) for n in _PLAN_SIZES),
         ray=_ray_status(found.resources),
         budget=budget_status(found),
+        startup=startup,
+        startup_cache=cache_path(),
     )

@@ -44,7 +44,7 @@ def _print_json(data: Any) -> None:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import doctor
 
-    report = doctor(profile=args.profile, policy=args.policy)
+    report = doctor(profile=args.profile, policy=args.policy, measure_startup=args.measure)
     if args.json:
         _print_json(report.to_dict())
     else:

@@ -89,6 +89,14 @@ def parser() -> argparse.ArgumentParser:
         "stepdown doctor --profile kaggle",
     )
     doctor.add_argument("--json", action="store_true", help="the same, as JSON on stdout")
+    doctor.add_argument(
+        "--measure",
+        nargs="*",
+        metavar="KIND",
+        default=None,
+        help="measure the start-up cost of these kinds of pool now (bare: every local kind "
+        "installed; ray only when named), store it, then report",
+    )
     _common(doctor)
 
     plan = _sub(
