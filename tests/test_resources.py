@@ -578,7 +578,11 @@ def test_without_psutil_or_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
     assert snap.cpus == Reading(os.cpu_count() or 1, "os.cpu_count")
     assert snap.memory_available == Reading(None, "no memory source read")
     assert snap.memory_limit == Reading(None, "no memory source read")
-    assert snap.caller_rss == Reading(None, "psutil unavailable")
+    if os.path.exists("/proc/self/statm"):  # read from /proc, psutil or not
+        assert snap.caller_rss.source == "/proc/self/statm"
+        assert snap.caller_rss.value is not None and snap.caller_rss.value > 0
+    else:
+        assert snap.caller_rss == Reading(None, "no /proc/self/statm, psutil unavailable")
     limited = read_resources({}, root=fixture("v1-limited"))
     assert limited.memory_limit.value == 2 * GIB
 

@@ -22,9 +22,7 @@ import logging
 import os
 import pwd
 import re
-import socket
 import stat
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +63,8 @@ def locate(environ: Mapping[str, str] | None = None) -> Location:
     # sudo often keeps another user's XDG_RUNTIME_DIR: budgets must not land there.
     if os.path.isabs(xdg) and _owned_directory(xdg):
         return Location(Path(xdg) / "stepdown")
+    import tempfile  # only without a runtime directory: it costs ~3 ms of imports
+
     usual = Path(tempfile.gettempdir()) / f"stepdown-{os.geteuid()}"
     home = _home(env)
     fallback = _fallback_root(home) if home is not None else None
@@ -92,7 +92,7 @@ def locate(environ: Mapping[str, str] | None = None) -> Location:
 
 def _fallback_root(home: Path) -> Path:
     """The fallback under ``home``, named for this host."""
-    host = _HOST_CHARACTERS.sub("_", socket.gethostname())[:64] or "host"
+    host = _HOST_CHARACTERS.sub("_", _hostname())[:64] or "host"
     return home / ".cache" / "stepdown" / f"run-{host}"
 
 
@@ -149,3 +149,12 @@ def _warn(location: Location) -> Location:
         _WARNED.add(location.finding)
         log.warning("host budget: %s", location.finding)
     return location
+
+
+def _hostname() -> str:
+    """This host's name; ``os.uname`` where there is one (importing socket costs ~5 ms)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()

@@ -124,8 +124,16 @@ def threads_left(root: str = "/") -> Reading | None:
     return Reading(max(0, threads_max - threads), "threads-max - threads in /proc/loadavg")
 
 
-def host_memory() -> tuple[Reading | None, Reading | None]:
-    """(available, total) RAM as psutil reads it: the host's view, blind to cgroup limits."""
+def host_memory(root: str = "/") -> tuple[Reading | None, Reading | None]:
+    """(available, total) RAM, the host's view, blind to cgroup limits: ``/proc/meminfo``
+    where there is one (what psutil reads there too, without the ~15 ms of importing it),
+    else psutil."""
+    fields = parse_meminfo(read_text(under(root, "/proc/meminfo")))
+    if "MemAvailable" in fields and "MemTotal" in fields:
+        return (
+            Reading(fields["MemAvailable"], "/proc/meminfo MemAvailable"),
+            Reading(fields["MemTotal"], "/proc/meminfo MemTotal"),
+        )
     try:
         import psutil
 
@@ -136,8 +144,22 @@ def host_memory() -> tuple[Reading | None, Reading | None]:
     return Reading(available, "psutil available"), Reading(total, "psutil total")
 
 
+def parse_meminfo(text: str | None) -> dict[str, int]:
+    """``/proc/meminfo`` as bytes by field (``{}``: unreadable)."""
+    fields: dict[str, int] = {}
+    for line in (text or "").splitlines():
+        name, _, rest = line.partition(":")
+        value = rest.split()
+        if value and value[0].isdigit():
+            fields[name] = int(value[0]) * (1024 if value[1:] == ["kB"] else 1)
+    return fields
+
+
 def caller_rss() -> Reading | None:
-    """Resident memory of this process."""
+    """Resident memory of this process: ``/proc/self/statm`` where there is one, else psutil."""
+    statm = read_text("/proc/self/statm")
+    if statm is not None and len(statm.split()) > 1 and statm.split()[1].isdigit():
+        return Reading(int(statm.split()[1]) * os.sysconf("SC_PAGE_SIZE"), "/proc/self/statm")
     try:
         import psutil
 
@@ -225,7 +247,7 @@ def read_resources(environ: Mapping[str, str], *, root: str = "/") -> Resources:
 
     count = os.cpu_count()
     base_cpus = affinity_cpus() or Reading(count or 1, "os.cpu_count" if count else "fallback 1")
-    host_available, host_total = host_memory()
+    host_available, host_total = host_memory(root)
     cgroup_limit, cgroup_available = cgroup_memory(memory) if memory else (None, None)
 
     def pick(name: str, *readings: Reading | None, unknown: str) -> Reading:
@@ -249,7 +271,7 @@ def read_resources(environ: Mapping[str, str], *, root: str = "/") -> Resources:
             unknown="no pids limit or threads-max read",
         ),
         shm_free=pick("STEPDOWN_SHM", shm_free(root), unknown="/dev/shm not readable"),
-        caller_rss=caller_rss() or Reading(None, "psutil unavailable"),
+        caller_rss=caller_rss() or Reading(None, "no /proc/self/statm, psutil unavailable"),
         env=environment(environ, root, mounts),
         cgroup_version=min(versions) if versions else None,
         cgroup_paths={c: g.directories()[0] for c, g in groups.items()},

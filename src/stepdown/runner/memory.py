@@ -39,6 +39,7 @@ from ..planning.cgroup import (
     parse_proc_cgroup,
 )
 from ..planning.reading import read_text
+from ..planning.resources import host_memory
 from ..units import format_size
 from .batch import BatchResult
 from .timeouts import Timeouts
@@ -127,13 +128,10 @@ def memory_left() -> Left | None:
         limit, available = cgroup_memory(group, all_cache=True)
         if limit is not None and limit.value and available is not None and available.value:
             return Left(available.value, limit.value, available.source)
-    try:
-        import psutil
-
-        vm = psutil.virtual_memory()
-    except Exception:  # psutil missing or failing: no figure, no guard
-        return None
-    return Left(int(vm.available), int(vm.total), "the host's available memory")
+    available, total = host_memory()
+    if available is None or total is None or available.value is None or not total.value:
+        return None  # no figure, no guard
+    return Left(available.value, total.value, "the host's available memory")
 
 
 class Guard:

@@ -9,7 +9,7 @@ the tasks: the initializer, worker recycling, and where to say which task it is 
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -35,7 +35,7 @@ class Shipping:
         self.timeouts = timeouts
         self.memory = memory
         self.tag = 0
-        self._run = uuid.uuid4().hex
+        self._run = os.urandom(16).hex()
         self._payload: bytes | None = None
 
     @property
