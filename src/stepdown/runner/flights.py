@@ -127,9 +127,12 @@ class Sizer:
             return self.fixed
         if self.per_task is None:
             return 1
-        # Grow at most fourfold a step, so one early fast sample cannot pull a huge batch.
         ideal = max(1, min(int(self.target / self.per_task), self.cap))
-        size = min(ideal, 4 * self.last)
+        # With a known count, straight to the size the first measured task asks for: tiny
+        # tasks do not ramp up through batches that each pay the per-batch cost, and the share
+        # of what remains below bounds a wrong first sample. A stream grows at most fourfold a
+        # step, so one early fast sample cannot hold back its next results behind a huge batch.
+        size = min(ideal, 4 * self.last) if remaining is None else ideal
         if remaining is not None:
             # Several batches per worker, so the last ones do not leave workers idle; but not
             # a tail of tiny batches that each pay the per-batch cost.
