@@ -74,8 +74,11 @@ def test_worker_sigkilled_mid_run(
         for r in warnings_log.records
     ), [r.message for r in warnings_log.records]
     second = report.rungs[1]
-    assert second.label == (first.label if restart else "isolation(1)")
-    assert report.final_rung == (first.label if restart else "thread(2)")
+    # A loky pool may come back fork-started, when no other thread of this process runs at
+    # that moment (tests/test_replacement.py has both cases).
+    again = {first.label, first.label.replace("loky", "process")}
+    assert second.label in (again if restart else {"isolation(1)"})
+    assert report.final_rung in (again if restart else {"thread(2)"})
 
 
 @pytest.mark.parametrize("name", sorted(KILLABLE))

@@ -199,8 +199,8 @@ def test_a_fresh_interpreter_worker_is_charged_its_own_footprint_not_the_callers
     held = bytearray(1 << 30)
     held[::4096] = b"\x01" * (len(held) // 4096)
     time.sleep(1.1)  # past the probe's snapshot of this process (up to 1 s old), RSS and all
-    plan = stepdown.plan(profile="kaggle", tasks=100)
-    loky = next(r for r in plan.usable_rungs() if r.backend == "loky")
+    plan = stepdown.plan(profile="kaggle", ladder=["loky:2"], tasks=100)
+    loky = plan.usable_rungs()[0]
     fork = {"backend": "process", "workers": 2, "start_method": "fork"}
     forked = stepdown.plan(ladder=[fork], tasks=100).usable_rungs()[0]
     assert plan.worker_memory(loky) < 256 * MiB, plan.worker_memory(loky) / MiB

@@ -54,7 +54,7 @@ def test_the_keyword_options_are_the_options_fields() -> None:
         ("initializer", 5, "initializer must be callable, not 5"),
         ("initargs", "ab", "initargs must be a tuple, not 'ab'"),
         ("max_tasks_per_child", 0, "max_tasks_per_child must be a whole number of at least 1"),
-        ("start_method", "vfork", "start_method must be one of fork, forkserver, spawn"),
+        ("start_method", "vfork", "start_method must be one of auto, fork, forkserver, spawn"),
         ("ladder", ["lokky:2"], r"ladder\[0\]: unknown backend 'lokky'"),
     ],
 )
@@ -87,9 +87,9 @@ def test_parsed_once() -> None:
 def test_max_workers_caps_every_rung_and_keeps_the_policy() -> None:
     if (probe().cpus.value or 1) < 2:
         pytest.skip("needs 2 CPUs to see a cap of 1 at work")
-    chosen = stepdown.plan(tasks=40, profile="kaggle", max_workers=1)
+    chosen = stepdown.plan(tasks=40, profile="laptop", max_workers=1)
     usable = [p.label for p in chosen.rungs if not p.skipped]
-    assert usable == ["loky(1)", "thread(1)", "sequential"]
+    assert usable == ["process(1) start_method=fork", "thread(1)", "sequential"]
     assert chosen.rule.label == "rules[1]"
     assert "max_workers 1" in chosen.rungs[0].reason
     run = stepdown.run(square, range(10), ladder=["thread:4"], max_workers=1)

@@ -320,3 +320,170 @@ def test_plan_accepts_a_loaded_policy(fake_probe: Resources) -> None:
     policy = Policy(BUILTIN.profiles, "server", "mine")
     p = plan(tasks=40, policy=policy, environ={})
     assert (p.profile, p.policy_source, p.profile_source) == ("server", "mine", "'profile' in mine")
+
+
+# -- start_method = "auto" ---------------------------------------------------------------------
+
+MiB = 1024**2
+FORKS = ("fork", "spawn", "forkserver")
+
+
+def auto_plan(
+    profile: str,
+    *,
+    threads: int = 0,
+    rss: int = 40 * MiB,
+    free: int = 16 * GiB,
+    commit_left: int | None = None,
+    start_method: str | None = None,
+) -> Plan:
+    from stepdown.planning.launch import Launch
+
+    launch = Launch(FORKS, "fork", None, threads, commit_left)
+    return make_plan(
+        BUILTIN,
+        BUILTIN.profiles[profile],
+        resources(cpus=2, free=free, rss=rss),
+        100,
+        launch=launch,
+        start_method=start_method,
+    )
+
+
+def first(p: Plan) -> tuple[str, dict[str, object], str]:
+    rung = p.rungs[0]
+    return rung.rung.backend, dict(rung.rung.options), rung.reason
+
+
+def test_auto_forks_a_small_single_threaded_caller() -> None:
+    backend, options, reason = first(auto_plan("kaggle"))
+    assert (backend, options) == ("process", {"start_method": "fork"})
+    assert "start_method auto: fork, no other thread, a 40.0 MiB caller, 16.0 GiB free" in reason
+    backend, options, _ = first(auto_plan("server"))
+    assert (backend, options) == ("process", {"start_method": "fork"})
+
+
+def test_auto_starts_fresh_interpreters_beside_other_threads() -> None:
+    backend, options, reason = first(auto_plan("kaggle", threads=3))
+    assert (backend, options) == ("loky", {})
+    assert "start_method auto: loky, the caller runs 3 other threads" in reason
+    backend, options, reason = first(auto_plan("server", threads=1))
+    assert (backend, options) == ("process", {"start_method": "forkserver"})
+    assert "start_method auto: forkserver, the caller runs 1 other thread" in reason
+
+
+def test_auto_starts_fresh_interpreters_for_a_caller_big_next_to_free_memory() -> None:
+    # Two forks of a 3 GiB notebook could take 6 of 10 GiB: more than half.
+    backend, _, reason = first(auto_plan("kaggle", rss=3 * GiB, free=10 * GiB))
+    assert backend == "loky"
+    assert "2 forks of a 3.0 GiB caller could take more than half of 10.0 GiB free" in reason
+    # Strict overcommit: what the kernel still lets processes commit counts too.
+    backend, _, reason = first(auto_plan("kaggle", rss=300 * MiB, commit_left=1 * GiB))
+    assert backend == "loky"
+    assert "1.0 GiB free or committable (strict overcommit)" in reason
+
+
+def test_the_callers_start_method_wins_over_auto() -> None:
+    backend, options, reason = first(auto_plan("server", start_method="spawn"))
+    assert (backend, options) == ("process", {"start_method": "spawn"})
+    assert "auto" not in reason
+    # On a loky rung: fork makes it a fork-started process pool, a fresh method keeps loky.
+    backend, options, _ = first(auto_plan("kaggle", threads=2, start_method="fork"))
+    assert (backend, options) == ("process", {"start_method": "fork"})
+    backend, options, _ = first(auto_plan("kaggle", start_method="forkserver"))
+    assert (backend, options) == ("loky", {})
+
+
+@pytest.mark.timeout(60)
+def test_a_cold_script_forks_and_a_threaded_one_starts_loky(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys, threading, time, stepdown\n"
+        "if sys.argv[1] == 'threaded':\n"
+        "    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "run = stepdown.run(abs, range(-20, 0), profile='kaggle')\n"
+        "print(json.dumps([run.results[:3], run.report.final_rung]))\n"
+    )
+    found = {}
+    for mode in ("plain", "threaded"):
+        (tmp_path / mode).mkdir(mode=0o700)
+        out = subprocess.run(
+            [sys.executable, "-c", script, mode],
+            capture_output=True,
+            text=True,
+            timeout=50,
+            # A runtime directory each: nothing learned from the other's run.
+            env={**plan_module.os.environ, "XDG_RUNTIME_DIR": str(tmp_path / mode)},
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        found[mode] = json.loads(out.stdout.splitlines()[-1])
+    assert found["plain"] == [[20, 19, 18], "process(2)"]
+    assert found["threaded"] == [[20, 19, 18], "loky(2)"]
+
+
+# -- expected work against start-up ------------------------------------------------------------
+
+
+def test_a_rung_that_cannot_pay_for_its_start_is_skipped_with_the_figures() -> None:
+    costs = {"fork": 0.025, "thread": 0.003, "loky": 0.2}
+    small = make_plan(
+        BUILTIN, BUILTIN.profiles["laptop"], resources(cpus=2), 20, work=0.0002, start_costs=costs
+    )
+    assert [p.workers for p in small.rungs] == [0, 0, 1]
+    assert small.rungs[0].reason == (
+        "expected work 4 ms (20 tasks of 200 µs in earlier runs) would save 2 ms on 2 workers, "
+        "less than the 25 ms it takes to start"
+    )
+    # Enough work: every rung as before.
+    big = make_plan(
+        BUILTIN, BUILTIN.profiles["laptop"], resources(cpus=2), 2000, work=0.001, start_costs=costs
+    )
+    assert [p.workers for p in big.rungs] == [2, 2, 1]
+    # A ladder the caller gave is run as given; so is a plan with nothing learned.
+    given = parse_policy_ladder(["process:2", "thread:2"], "test", "ladder")
+    asked = make_plan(
+        BUILTIN,
+        BUILTIN.profiles["laptop"],
+        resources(cpus=2),
+        20,
+        ladder=given,
+        work=0.0002,
+        start_costs=costs,
+    )
+    assert [p.workers for p in asked.rungs] == [2, 2, 1]
+    unknown = make_plan(BUILTIN, BUILTIN.profiles["laptop"], resources(cpus=2), 20)
+    assert [p.workers for p in unknown.rungs] == [2, 2, 1]
+
+
+@pytest.mark.timeout(90)
+def test_a_script_run_again_plans_with_what_its_tasks_took(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "score.py"
+    script.write_text(
+        "import json, stepdown\n"
+        "def score(x):\n"
+        "    return x * 2\n"
+        'if __name__ == "__main__":\n'
+        "    run = stepdown.run(score, range(30))\n"
+        "    rungs = [r.label for r in run.report.rungs]\n"
+        "    print(json.dumps([run.results[:3], rungs, str(run.report)]))\n"
+    )
+    env = {**plan_module.os.environ, "XDG_RUNTIME_DIR": str(tmp_path), "STEPDOWN_CPUS": "2"}
+    runs = []
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(json.loads(out.stdout.splitlines()[-1]))
+    first_results, first_rungs, _ = runs[0]
+    again_results, again_rungs, report = runs[1]
+    assert first_results == again_results == [0, 2, 4]
+    assert first_rungs == ["process(2)"]  # nothing known yet: the plan as ever
+    # 30 tasks of a few µs cannot pay for a pool: the plan skips both and says why.
+    assert again_rungs == ["process(auto)", "thread(auto)", "sequential"]
+    assert "skipped (expected work" in report, report

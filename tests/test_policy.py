@@ -129,8 +129,8 @@ ERRORS = [
     (
         f"{RULES}[1].ladder[0]",
         {"backend": "loky", "start_method": "fork"},
-        f"{RULES}[1].ladder[0]",
-        "unknown option 'start_method' for backend 'loky'",
+        f"{RULES}[1].ladder[0].start_method",
+        "'fork' is not one of auto (loky starts its workers its own way)",
     ),
     (
         f"{RULES}[1].ladder[0]",
@@ -291,11 +291,12 @@ def test_builtin_ladders() -> None:
     assert kaggle.rules[0].when == Conditions(tasks_below=4)
     assert [str(r) for r in kaggle.rules[0].ladder] == ["thread(3)", "sequential"]
     assert [str(r) for r in kaggle.rules[1].ladder] == ["loky(3)", "thread(2)", "sequential"]
+    assert kaggle.rules[1].ladder[0].options == {"start_method": "auto"}
     laptop = profiles["laptop"].rules[1].ladder
     assert laptop[0] == Rung("process", None, {"start_method": "fork"})
     server = profiles["server"].rules[1].ladder
-    assert server[0].options == {"start_method": "forkserver"}
-    assert server[1].options == {"start_method": "forkserver", "fraction": 0.5}
+    assert server[0].options == {"start_method": "auto"}
+    assert server[1].options == {"start_method": "auto", "fraction": 0.5}
     assert [r.backend for r in profiles["ray"].rules[0].ladder] == [
         "ray",
         "loky",

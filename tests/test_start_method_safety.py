@@ -2,7 +2,8 @@
 a fresh interpreter cannot rebuild ``__main__`` (stdin, ``-c``, IPython, an unguarded script).
 
 Each case runs for real in a subprocess, with ``STEPDOWN_CPUS=64`` so that ``auto`` picks the
-server profile, whose process rungs start by forkserver.
+server profile, whose process rungs start by forkserver where the caller runs another thread
+(``start_method = "auto"``): each program starts one, as a long-lived server would.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from stepdown.planning.resources import Environment, Reading, Resources
 
 # Items of a class defined in __main__: a worker must rebuild __main__ to unpickle them.
 BODY = """\
-import dataclasses, json, stepdown
+import dataclasses, json, threading, time, stepdown
 print("body ran", flush=True)
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
 
 @dataclasses.dataclass
 class Sample:
@@ -100,7 +102,8 @@ def test_a_dash_c_program_that_defines_nothing_keeps_the_profiles_forkserver(
 ) -> None:
     # Nothing in __main__ for a worker to look up: forkserver workers can run it.
     program = (
-        "import json, operator, stepdown\n"
+        "import json, operator, threading, time, stepdown\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
         "run = stepdown.run(operator.neg, range(6))\n"
         "rungs = stepdown.plan(tasks=6).to_dict()['rungs']\n"
         "print(json.dumps([r['options'].get('start_method') for r in rungs][:2]))\n"

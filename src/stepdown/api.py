@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from .errors import StepdownError, UsageError
 from .options import Errors, Options
+from .planning import worktime
 from .planning.setup import Setup, prepare
 from .runner.batch import Starred
 from .runner.engine import Engine
@@ -47,7 +48,8 @@ def start(
     if not callable(fn):
         raise UsageError(f"fn must be callable, not {type(fn).__name__}")
     if setup is None:
-        setup = prepare(options, len(items) if isinstance(items, Sized) else None)
+        tasks = len(items) if isinstance(items, Sized) else None
+        setup = prepare(options, tasks, work=worktime.seconds(worktime.key_of(fn)))
     return Engine(fn, items, setup, options)
 
 

@@ -63,6 +63,8 @@ class BackendInfo:
     ``failures``: its executor's own failure classes; ``wrappers``: its classes that carry the
     real failure in ``.cause``. ``fresh``: its workers are fresh interpreters, sharing no pages
     with the caller (a backend with a ``start_method`` option: as that method says).
+    ``start_methods``: the values its ``start_method`` option takes; ``forks_as``: the backend
+    a rung of it becomes where ``start_method = "auto"`` finds a fork safe (see the planner).
     """
 
     name: str
@@ -79,6 +81,8 @@ class BackendInfo:
     failures: tuple[Failure, ...] = ()
     wrappers: frozenset[str] = frozenset()
     fresh: bool = False
+    start_methods: tuple[str, ...] = ()
+    forks_as: str | None = None
 
 
 # Options every rung accepts, whatever its backend.
@@ -101,6 +105,8 @@ _REGISTRY: dict[str, BackendInfo] = {
             "stepdown.backends.process",
             in_process=False,
             options={"start_method": str, "restarts": int},
+            start_methods=("auto", "fork", "forkserver", "spawn"),
+            forks_as="process",
             pids=(4, 3),
             failures=(
                 Failure(
@@ -114,7 +120,10 @@ _REGISTRY: dict[str, BackendInfo] = {
             "loky",
             "stepdown.backends.loky",
             in_process=False,
-            options={"restarts": int},
+            # Only "auto": a fork-started process pool where that is safe (the planner decides).
+            options={"start_method": str, "restarts": int},
+            start_methods=("auto",),
+            forks_as="process",
             pids=(4, 4),
             dependency="loky",
             distribution="loky",

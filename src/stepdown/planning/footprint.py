@@ -34,7 +34,7 @@ def kind(backend: str, options: Mapping[str, Any]) -> tuple[str, bool]:
     """How workers of ``backend`` with rung ``options`` start (its start method where it takes
     one, else the backend), and whether that makes them fresh interpreters."""
     described = info(backend)
-    if "start_method" not in described.options:
+    if described.fresh or "start_method" not in described.options:  # loky's is only "auto"
         return backend, described.fresh
     method = options.get("start_method")
     if not isinstance(method, str):

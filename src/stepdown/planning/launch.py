@@ -15,6 +15,9 @@ module again, as ``__mp_main__``, and unpickles each call against it. That fails
 ``fork`` copies the caller instead, and ``loky`` ships functions and items with cloudpickle and
 never imports ``__main__`` again: both work in every case above. The planner reads this snapshot
 (:class:`Launch`) and starts process workers by ``fork`` where a fresh interpreter would fail.
+
+The snapshot also holds what ``start_method = "auto"`` weighs (see the planner): the threads a
+fork would copy, and under strict overcommit the memory the kernel still lets processes commit.
 """
 
 from __future__ import annotations
@@ -43,12 +46,53 @@ class Launch:
     methods: tuple[str, ...]
     default: str
     fresh_fails: str | None = None
+    # Threads besides the one that forks, not counting process pools' own (their manager and
+    # queue threads, which the standard library forks beside): a fork copies the locks they
+    # hold at that moment, and the child never sees them released.
+    threads: int = 0
+    # Bytes processes may still commit when the kernel refuses to overcommit
+    # (vm.overcommit_memory = 2: each fork commits the caller's writable memory again), else
+    # ``None``.
+    commit_left: int | None = None
 
 
 def read_launch() -> Launch:
     """The snapshot for this process, at this moment (the main script's current line counts)."""
     methods = tuple(multiprocessing.get_all_start_methods())
-    return Launch(methods, _default_method(methods), _fresh_fails(sys.modules.get("__main__")))
+    main = sys.modules.get("__main__")
+    return Launch(
+        methods, _default_method(methods), _fresh_fails(main), _other_threads(), _commit_left()
+    )
+
+
+_POOL_THREADS = ("_ExecutorManagerThread", "_QueueManagerThread")
+
+
+def _other_threads() -> int:
+    try:
+        native = len(os.listdir("/proc/self/task"))
+    except OSError:
+        native = threading.active_count()
+    pools = sum(
+        1
+        for t in threading.enumerate()
+        if type(t).__name__ in _POOL_THREADS or t.name == "QueueFeederThread"
+    )
+    return max(0, native - 1 - pools)
+
+
+def _commit_left() -> int | None:
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as mode:
+            if mode.read().strip() != "2":
+                return None
+        with open("/proc/meminfo") as info:
+            fields = dict(line.split(":", 1) for line in info)
+        limit = int(fields["CommitLimit"].split()[0]) * 1024
+        committed = int(fields["Committed_AS"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    return max(0, limit - committed)
 
 
 def _default_method(methods: tuple[str, ...]) -> str:

@@ -6,8 +6,12 @@
     each rung ──▶ workers = min(cap, max_workers, tasks, CPUs, memory fits, pids fit) * fraction
                   0 ──▶ kept in the plan, skipped, with the reason
                   same as the usable rung above ──▶ skipped (nothing to step down to)
+    start_method = "auto" ──▶ fork where no other thread runs and the caller is small next to
+                  free memory, else a fresh interpreter (loky; forkserver for process)
     a process rung whose workers would be fresh interpreters that cannot rebuild ``__main__``
                   ──▶ fork instead (the reason says why), or skipped where there is no fork
+    a rule's rung whose start costs more than it would save on the work tasks took in earlier
+                  runs ──▶ skipped, with the figures
 
 Every number carries its reason, so ``explain()`` can show each decision. Thread rungs share the
 caller's memory: they are limited by memory only when a task's memory is declared. Process rungs
@@ -19,7 +23,7 @@ its workers run) comes from the backend registry.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from ..errors import UsageError
@@ -29,8 +33,9 @@ from .plan import Plan, PlannedRung, RuleChoice, percent, plural, worker_memory
 from .policy import Policy, Profile
 from .resources import Resources
 from .rung import Rung, ending_last
+from .startup import kind_of
 
-__all__ = ["make_plan"]
+__all__ = ["fork_unsafe", "make_plan"]
 
 _SINGLE_REASON = "1: one task at a time, in the caller"
 
@@ -47,6 +52,8 @@ def make_plan(
     max_workers: int | None = None,
     start_method: str | None = None,
     launch: Launch | None = None,
+    work: float | None = None,
+    start_costs: Mapping[str, float] | None = None,
 ) -> Plan:
     """Plan ``tasks`` tasks (``None``: unknown) with ``profile`` on ``resources``.
 
@@ -56,6 +63,9 @@ def make_plan(
     by a fresh interpreter (forkserver, spawn) can rebuild the caller's ``__main__``; where they
     cannot, process rungs start by fork instead, unless the caller asked for a start method (by
     ``start_method`` or in a ``ladder`` rung): that choice wins, and the reason warns.
+    ``work`` is what one task took in earlier runs (seconds), ``start_costs`` what starting
+    each kind of pool costs here (:func:`.startup.kind_of` names them): a rule's rung whose
+    start costs more than its workers would save on the expected work is skipped, with why.
     Pure: reads nothing but its arguments.
     """
     if tasks is not None and (isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 0):
@@ -76,22 +86,23 @@ def make_plan(
     else:
         rungs, rule = _first_rule(profile, resources, tasks)
     if start_method is not None:
-        rungs = tuple(
-            replace(r, options={**r.options, "start_method": start_method})
-            if "start_method" in r.info.options
-            else r
-            for r in rungs
-        )
+        rungs = tuple(_with_start_method(r, start_method) for r in rungs)
     planned: list[PlannedRung] = []
     for given in rungs:
         asked = start_method is not None or (ladder is not None and "start_method" in given.options)
+        given, auto = _auto(given, launch, resources)
+        asked = asked and not auto
         rung, note = _starting_here(given, launch, asked)
+        note = "; ".join(n for n in (auto, note) if n)
         if rung is None:
             rung, workers, reason = given, 0, note
         else:
             workers, reason = _resolve(rung, profile, resources, tasks, task_memory, max_workers)
             if note and workers:
                 reason = f"{reason}; {note}"
+            dear = _cannot_pay(rung, workers, tasks, work, start_costs) if ladder is None else None
+            if dear is not None:
+                workers, reason = 0, dear
         for i, earlier in enumerate(planned, 1):
             if not rung.info.last and not earlier.skipped and _same(earlier, rung, workers):
                 workers = 0
@@ -127,10 +138,115 @@ def _first_rule(
     return ending_last(()), RuleChoice(None, "none held", "sequential only", tuple(failed))
 
 
+def _cannot_pay(
+    rung: Rung,
+    workers: int,
+    tasks: int | None,
+    work: float | None,
+    start_costs: Mapping[str, float] | None,
+) -> str | None:
+    """Why ``rung`` with ``workers`` does not pay for its start on the expected work, or
+    ``None`` (it pays, or nothing is known). One worker is never for speed: it stays."""
+    if workers < 2 or rung.info.last or tasks is None or work is None or not start_costs:
+        return None
+    start = start_costs.get(kind_of(rung.backend, rung.options.get("start_method")))
+    total = tasks * work
+    saved = total - total / workers
+    if start is None or saved > start:
+        return None
+    return (
+        f"expected work {_seconds(total)} ({plural(tasks, 'task')} of {_seconds(work)} in "
+        f"earlier runs) would save {_seconds(saved)} on {workers} workers, less than the "
+        f"{_seconds(start)} it takes to start"
+    )
+
+
+def _seconds(value: float) -> str:
+    if value >= 1:
+        return f"{value:.2f} s"
+    return f"{value * 1e3:.3g} ms" if value >= 1e-3 else f"{value * 1e6:.3g} µs"
+
+
+def _with_start_method(rung: Rung, method: str) -> Rung:
+    """``rung`` with the start method the caller gave for every rung: where its backend takes
+    that method, or its rung says ``auto`` (the caller's choice then replaces auto's)."""
+    taken = rung.info.start_methods
+    if method in taken or (taken and rung.options.get("start_method") == "auto"):
+        return replace(rung, options={**rung.options, "start_method": method})
+    return rung
+
+
+def _auto(rung: Rung, launch: Launch | None, resources: Resources) -> tuple[Rung, str]:
+    """A rung with ``start_method = "auto"`` (or a method its backend does not take, given
+    for every rung) as it will start here, and the plan's note on it (``""``: as it is).
+
+    Fork is the cheapest start (~25 ms against ~60 ms for forkserver, ~110 ms for loky), and
+    safe when the caller runs no other threads (a fork copies the locks they hold) and is small
+    next to the memory its forks may still take: at most half of it for every worker's copy,
+    the cgroup's limit and, under strict overcommit, the commit limit included. Otherwise the
+    workers start as fresh interpreters: the backend's own way (loky), else forkserver (spawn
+    where there is none).
+    """
+    info, method = rung.info, rung.options.get("start_method")
+    if (
+        method is None
+        or info.forks_as is None
+        or (method != "auto" and method in info.start_methods)
+    ):
+        return rung, ""
+    others = {k: v for k, v in rung.options.items() if k != "start_method"}
+    fork = Rung(info.forks_as, rung.workers, {**others, "start_method": "fork"})
+    if info.fresh:
+        fresh, name = Rung(rung.backend, rung.workers, others), rung.backend
+    else:
+        name = "forkserver" if launch is None or "forkserver" in launch.methods else "spawn"
+        fresh = Rung(rung.backend, rung.workers, {**others, "start_method": name})
+    if method != "auto":
+        return (fork, "fork as asked") if method == "fork" else (fresh, f"{name}, as asked")
+    likely = [n for n in (rung.workers, resources.cpus.value) if n]  # before memory and pids
+    why = fork_unsafe(launch, resources, min(likely, default=1))
+    if why is not None:
+        return fresh, f"start_method auto: {name}, {why}"
+    return fork, f"start_method auto: fork, {_fork_safe(launch, resources)}"
+
+
+def fork_unsafe(launch: Launch | None, resources: Resources, workers: int) -> str | None:
+    """Why ``workers`` forks of this caller are not safe here, or ``None`` (see :func:`_auto`)."""
+    if launch is None or "fork" not in launch.methods:
+        return "no fork here"
+    if launch.threads:
+        return (
+            f"the caller runs {plural(launch.threads, 'other thread')}: a fork copies their locks"
+        )
+    rss, free = resources.caller_rss.value, resources.memory_available.value
+    if rss is None or free is None:
+        return "the caller's size or the free memory is unknown"
+    room = free if launch.commit_left is None else min(free, launch.commit_left)
+    if workers * rss > room // 2:
+        return (
+            f"{workers} forks of a {format_size(rss)} caller could take more than half "
+            f"of {format_size(room)} {_room(launch)}"
+        )
+    return None
+
+
+def _fork_safe(launch: Launch | None, resources: Resources) -> str:
+    rss, free = resources.caller_rss.value or 0, resources.memory_available.value or 0
+    room = free if launch is None or launch.commit_left is None else min(free, launch.commit_left)
+    return f"no other thread, a {format_size(rss)} caller, {format_size(room)} {_room(launch)}"
+
+
+def _room(launch: Launch | None) -> str:
+    strict = launch is not None and launch.commit_left is not None
+    return "free or committable (strict overcommit)" if strict else "free"
+
+
 def _starting_here(rung: Rung, launch: Launch | None, asked: bool) -> tuple[Rung | None, str]:
     """The rung with a start method whose workers can rebuild ``__main__`` here (``None``: no
     such method), and what the plan should say about it."""
     if launch is None or launch.fresh_fails is None or "start_method" not in rung.info.options:
+        return rung, ""
+    if rung.info.fresh:  # loky: cloudpickle ships what __main__ defines, nothing to rebuild
         return rung, ""
     method = rung.options.get("start_method") or launch.default
     if method not in FRESH_METHODS:

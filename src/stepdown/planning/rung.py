@@ -23,7 +23,7 @@ from ..units import shown
 
 __all__ = ["START_METHODS", "Rung", "ending_last", "parse_ladder", "parse_rung"]
 
-START_METHODS = ("fork", "forkserver", "spawn")
+START_METHODS = ("auto", "fork", "forkserver", "spawn")
 
 
 @dataclass(frozen=True)
@@ -114,9 +114,11 @@ def parse_rung(spec: str | Mapping[str, Any] | Rung, where: str = "rung") -> Run
             if expected is int and isinstance(value, int) and value < 0:
                 raise UsageError(f"{where}.{key}: must be 0 or more, not {value}")
         method = table.get("start_method")
-        if method is not None and method not in START_METHODS:
+        methods = info(name).start_methods or START_METHODS
+        if method is not None and method not in methods:
             raise UsageError(
-                f"{where}.start_method: {shown(method)} is not one of {', '.join(START_METHODS)}"
+                f"{where}.start_method: {shown(method)} is not one of {', '.join(methods)}"
+                + ("" if "fork" in methods else f" ({name} starts its workers its own way)")
             )
         return Rung(name, 1 if info(name).single else workers, table)
     raise UsageError(

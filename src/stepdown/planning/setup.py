@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..backends.registry import info, infos, known
 from ..budget.budget import Budget
 from ..logs import install_handler
 from ..options import Options
@@ -31,6 +33,7 @@ from .policy import Policy, PolicySpec, Profile, choose_profile, load_policy
 from .reading import Reading
 from .resources import Resources, probe
 from .rung import Rung
+from .startup import costs
 
 __all__ = ["Setup", "Survey", "plan", "prepare", "survey"]
 
@@ -56,8 +59,10 @@ class Survey:
         task_memory: int | None = None,
         max_workers: int | None = None,
         start_method: str | None = None,
+        work: float | None = None,
     ) -> Plan:
-        """The plan for ``tasks`` tasks on this survey (see :func:`make_plan`)."""
+        """The plan for ``tasks`` tasks on this survey (see :func:`make_plan`); ``work``: what
+        one task took in earlier runs (then what pools cost to start here is weighed)."""
         return make_plan(
             self.policy,
             self.profile,
@@ -69,6 +74,8 @@ class Survey:
             max_workers=max_workers,
             start_method=start_method,
             launch=self.launch,
+            work=work,
+            start_costs=None if work is None else _start_costs(),
         )
 
 
@@ -115,8 +122,10 @@ def prepare(
     environ: Mapping[str, str] | None = None,
     *,
     cwd: str | os.PathLike[str] | None = None,
+    work: float | None = None,
 ) -> Setup:
-    """Survey, then plan ``tasks`` tasks (``None``: unknown) as ``options`` say."""
+    """Survey, then plan ``tasks`` tasks (``None``: unknown) as ``options`` say; ``work``: what
+    one task took in earlier runs."""
     found = survey(options.profile, options.policy, environ, cwd=cwd)
     chosen = found.plan(
         tasks,
@@ -124,6 +133,7 @@ def prepare(
         task_memory=options.task_bytes,
         max_workers=options.max_workers,
         start_method=options.start_method,
+        work=work,
     )
     return Setup(chosen, found.budget)
 
@@ -164,3 +174,14 @@ def _less_reserved(resources: Resources, reserved: int) -> Resources:
         f"{free.source}, less {format_size(reserved)} reserved by other instances",
     )
     return dataclasses.replace(resources, memory_available=less)
+
+
+def _start_costs() -> dict[str, float]:
+    """What starting each kind of pool costs this process now: its measured (or default) start,
+    plus its imports unless its backend is imported already."""
+    found: dict[str, float] = {}
+    for kind, cost in costs().items():
+        backend = kind if known(kind) else next(i.name for i in infos() if kind in i.start_methods)
+        imported = info(backend).module in sys.modules
+        found[kind] = cost.start + (0.0 if imported else cost.imports)
+    return found

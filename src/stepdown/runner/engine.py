@@ -42,11 +42,12 @@ from ..backends.base import Backend
 from ..backends.failures import translate
 from ..errors import Reason, ResourceFailure, TaskTimeout
 from ..options import Options
+from ..planning import worktime
 from ..planning.rung import Rung
 from ..planning.setup import Setup
 from . import pools
 from .batch import BatchResult
-from .decide import Renew, Step, Watchdog, decide
+from .decide import Renew, Step, Watchdog, decide, fresh_pool
 from .delivery import Delivery, Outcome
 from .flights import Events, Feed, Flight, Flights, Inbox, Sizer
 from .grants import Slots
@@ -138,6 +139,7 @@ class Engine:
             self.live_report()
             self._flights.cancel_all()
             self._timeouts.close()
+        self._learned_work()  # all delivered
 
     # ---- the ladder ------------------------------------------------------------------
 
@@ -178,7 +180,8 @@ class Engine:
             step = decide(failure, rung, restarts, backend.workers, memory)
             if step is Step.RESTART:
                 restarts += 1
-                self._step_down(backend, record, failure, "restarting it with a fresh pool")
+                self.rungs[position], fresh = fresh_pool(rung, self.plan.resources, backend.workers)
+                self._step_down(backend, record, failure, f"restarting it with {fresh}")
                 continue
             if step is Step.SHRINK:
                 self._step_down(backend, record, failure, "shrinking it")
@@ -190,6 +193,13 @@ class Engine:
             restarts = 0
         if not self._finished():
             raise ResourceFailure(self._ended, "every rung of the ladder failed")
+
+    def _learned_work(self) -> None:
+        """Keep what one task took for the next run of ``fn`` to plan with, when it is new."""
+        key, per_task = worktime.key_of(self.fn), self._sizer.per_task
+        known = worktime.seconds(key)
+        if per_task is not None and (not known or not 0.8 < per_task / known < 1.25):
+            worktime.record(key, per_task)
 
     def _finished(self) -> bool:
         return self._feed.exhausted and not self._feed.requeued and not self._flights
