@@ -3,9 +3,10 @@
 Two workloads of CPU-burning tasks: 10,000 tasks of 10 µs (scheduling overhead dominates) and
 40 tasks of 50 ms (the work dominates). A task is a pure arithmetic loop whose length is
 calibrated against ``time.process_time``, so it burns CPU instead of sleeping or watching a
-clock. Each is timed warm (one ``Parallel`` call after a warm-up call in the same process: pools
-already started) and cold (the first ``Parallel`` call of a fresh interpreter, imports done
-before the clock starts: the pool's start-up is included); median of ``--repeat`` runs.
+clock. Each is timed warm (the median of three ``Parallel`` calls after a warm-up call in the
+same process: pools already started) and cold (the first ``Parallel`` call of a fresh
+interpreter, imports done before the clock starts: the pool's start-up is included); median of
+``--repeat`` runs.
 
     python -m benchmarks.bench_joblib [--repeat 3] [--n-jobs 2] [--ladder loky:2]
 
@@ -43,8 +44,10 @@ def one_call(backend: str, n_jobs: int, tasks: int, rounds: int, ladder: list[st
 
 
 def warm(backend: str, n_jobs: int, tasks: int, rounds: int, ladder: list[str] | None) -> float:
+    """The median of three calls after a warm-up call: warm calls are cheap to repeat, and on a
+    shared machine one call alone is mostly the neighbours' load."""
     one_call(backend, n_jobs, tasks, rounds, ladder)
-    return one_call(backend, n_jobs, tasks, rounds, ladder)
+    return statistics.median(one_call(backend, n_jobs, tasks, rounds, ladder) for _ in range(3))
 
 
 _COLD = """

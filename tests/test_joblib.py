@@ -272,6 +272,60 @@ def test_large_arrays_reach_process_workers_as_memmaps(tmp_path: Path) -> None:
         assert Parallel()(delayed(array_view)(big) for _ in "a")[0][:2] == ("ndarray", True)
 
 
+class Held:
+    """An input a worker should let go of once its batch is done; ``shipped`` once unpickled
+    (a forked worker also holds the caller's own, as they were at the fork)."""
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+        self.shipped = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, shipped=True)
+
+
+def held_in_this_process(_: Held) -> int:
+    import gc
+
+    gc.collect()
+    return sum(isinstance(obj, Held) and obj.shipped for obj in gc.get_objects())
+
+
+def appended(items: list[int]) -> int:
+    items.append(1)
+    return len(items)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("max_nbytes", ["1M", None], ids=["memmapping", "plain"])
+def test_each_batch_gets_its_own_inputs_and_none_outlives_its_run(max_nbytes: str | None) -> None:
+    with parallel_config(backend="stepdown", n_jobs=2, ladder=[FORK], max_nbytes=max_nbytes):
+        # Equal inputs are still each batch's own: a task may change them.
+        assert Parallel(batch_size=1)(delayed(appended)([]) for _ in range(24)) == [1] * 24
+        # Only the running batch's input is alive in a worker, however many batches it ran.
+        alive = Parallel(batch_size=1)(delayed(held_in_this_process)(Held(i)) for i in range(24))
+    assert alive == [1] * 24
+
+
+def test_tiny_batches_grow_eightfold_then_as_joblib_grows_them() -> None:
+    backend = StepdownBackend()
+    backend.parallel = Parallel()  # joblib's rule reads its verbosity
+    assert backend.compute_batch_size() == 1  # nothing measured yet
+    backend.batch_completed(1, 0.002)  # a round trip, hardly any work: grow fast
+    assert backend.compute_batch_size() == 8
+    assert backend.compute_batch_size() == 8  # until a batch of 8 comes back
+    backend.batch_completed(8, 0.003)
+    assert backend.compute_batch_size() == 64
+    backend.batch_completed(64, 0.02)  # 8 x 20 ms is past stepdown's 50 ms: joblib's rule
+    assert backend.compute_batch_size() == 128
+    slow = StepdownBackend()
+    slow.parallel = backend.parallel
+    slow.batch_completed(1, 0.05)  # a 50 ms task batches exactly as with joblib's backends
+    assert slow.compute_batch_size() == 2
+    slow.terminate()  # joblib's reset after a call
+    assert slow.compute_batch_size() == 1
+
+
 # ---- faults, through Parallel ------------------------------------------------------------------
 
 

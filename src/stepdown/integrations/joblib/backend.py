@@ -37,6 +37,10 @@ log = logging.getLogger("stepdown")
 _JOBLIB_KEYS = frozenset({"max_nbytes", "mmap_mode", "temp_folder", "verbose", "context"})
 # The options a user may give the backend (here, to parallel_config or to Parallel).
 OPTION_KEYS = frozenset(BackendOptions.__optional_keys__)
+# Auto-batching's first steps: how much a batch may grow, and how long the grown batch may be
+# expected to last (stepdown's own batch target), for eightfold growth instead of joblib's two.
+_FAST_GROWTH = 8
+_FAST_UNTIL = 0.05
 
 
 class StepdownBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
@@ -57,6 +61,9 @@ class StepdownBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     uses_threads = False
     supports_inner_max_num_threads = False
     default_n_jobs = 1
+    # AutoBatchingMixin's state, declared for the type checker (joblib's classes are untyped).
+    _effective_batch_size: int
+    _smoothed_batch_duration: float
 
     def __init__(
         self,
@@ -156,6 +163,27 @@ class StepdownBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         if stale is not None:
             self._end(stale)
         return run.submit(func, callback)
+
+    def compute_batch_size(self) -> int:
+        """joblib's auto batch size, with a faster start. joblib doubles a batch each time one
+        of the current size comes back: tiny tasks then take about ten round trips, each paying
+        the whole per-batch cost with workers idle, before a batch hides it. While a batch
+        came back so soon that eight times as many tasks still fit in ``_FAST_UNTIL`` (its
+        time was mostly the round trip), it grows eightfold; after that joblib's rule goes on.
+        """
+        duration = self._smoothed_batch_duration
+        if not 0 < duration <= _FAST_UNTIL / _FAST_GROWTH:
+            size: int = super().compute_batch_size()
+            return size
+        size = self._effective_batch_size * _FAST_GROWTH
+        self._effective_batch_size = size
+        # As joblib does on a change: the next duration is measured at the new size.
+        self._smoothed_batch_duration = self._DEFAULT_SMOOTHED_BATCH_DURATION
+        if self.parallel is not None and self.parallel.verbose >= 10:
+            self.parallel._print(
+                f"Batch computation too fast ({duration}s.) Setting batch_size={size}."
+            )
+        return size
 
     def retrieve_result_callback(self, out: Future[Any]) -> Any:
         return out.result()

@@ -24,6 +24,7 @@ from ...errors import Reason, ResourceFailure, TaskTimeout
 from ...executor import Executor
 from ...options import Options
 from ...planning.setup import Setup
+from ...runner.batch import dumps
 from ...runner.report import Report, RungRecord
 from .memmap import Memmapper
 
@@ -65,15 +66,18 @@ class _Job:
         # Pickled (by a pool's feeder thread) only when a process rung is about to run it.
         if self.run.aborted:
             return (_dropped, ())
-        return self.run.reduce(self.batch)
+        return (pickle.loads, (self.run.dumps(self.batch),))
+
+
+def _run(job: Callable[[], Any]) -> Any:
+    """What the executor calls, the batch its argument. A worker keeps the functions it
+    unpickled, by their bytes: a batch shipped as the function was kept too (its inputs, up to
+    eight batches a worker), and equal batches shared one copy that a task could change."""
+    return job()
 
 
 def _nothing() -> None:
     return None
-
-
-def _same(batch: Any) -> Any:
-    return batch
 
 
 def _dropped() -> Callable[[], None]:
@@ -132,7 +136,7 @@ class Call:
         job = _Job(batch, self)
         if self._inline is None and not self.aborted:
             try:
-                source = self._executor.submit(job)
+                source = self._executor.submit(_run, job)
             except RuntimeError as exc:
                 if self.aborted:
                     pass  # abort() shut the executor down meanwhile
@@ -203,10 +207,12 @@ class Call:
         if self._memmapper is not None:
             self._memmapper.close()
 
-    def reduce(self, batch: Any) -> tuple[Any, ...]:
+    def dumps(self, batch: Any) -> bytes:
+        """``batch`` pickled for a worker process: cloudpickle (a joblib batch may hold
+        lambdas and functions of ``__main__``), large numpy arrays as memory maps."""
         if self._memmapper is None or "numpy" not in sys.modules:
-            return (_same, (batch,))
-        return (pickle.loads, (self._memmapper.dumps(batch),))
+            return dumps(batch)
+        return self._memmapper.dumps(batch)
 
     # ---- when no thread can start ----------------------------------------------------------
 
