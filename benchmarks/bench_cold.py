@@ -159,12 +159,20 @@ def wait_for_orphans(variant: Variant) -> float:
 
 
 def run_child(
-    variant: Variant, rounds: int, tasks: int, expected: list[int], orphans: bool
+    variant: Variant,
+    rounds: int,
+    tasks: int,
+    expected: list[int],
+    orphans: bool,
+    runtime: Path,
 ) -> Sample:
     code = _CHILD.format(rounds=rounds, tasks=tasks, body=textwrap.indent(variant.body, " " * 4))
     # Bytecode caches written and used, as on a user's machine (a shell that sets
     # PYTHONDONTWRITEBYTECODE would make every import compile its source again).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    # What stepdown learns (start-up costs, what a task took) stays in this runtime directory.
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    env["XDG_RUNTIME_DIR"] = str(runtime)
     if variant.src is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(variant.src), env.get("PYTHONPATH")]))
     # Files, not pipes: with a pipe, run() would also wait for every worker that inherited it,
@@ -324,9 +332,14 @@ def main(argv: list[str] | None = None) -> int:
         expected = {name: checksum(rounds[name], WORKLOADS[name][0]) for name in only}
         # Untimed: every variant works before anything is timed, and the worktree's bytecode
         # is compiled.
+        # In a runtime directory of its own: its short tasks teach nothing to the runs timed.
+        # Each variant's timed runs share one per workload: the first is a script's first run,
+        # the others run it again, as a user does, with what the first learned.
+        runtimes = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-cold-")))
         warm_rounds = calibrate(1e-3)
         for variant in chosen:
-            run_child(variant, warm_rounds, 4, checksum(warm_rounds, 4), orphans)
+            warm = runtimes / "warm-up"
+            run_child(variant, warm_rounds, 4, checksum(warm_rounds, 4), orphans, warm)
         measured: dict[str, dict[str, list[Sample]]] = {}
         for name in only:
             samples: dict[str, list[Sample]] = {v.label: [] for v in chosen}
@@ -336,7 +349,12 @@ def main(argv: list[str] | None = None) -> int:
                 for variant in chosen[turn:] + chosen[:turn]:
                     samples[variant.label].append(
                         run_child(
-                            variant, rounds[name], WORKLOADS[name][0], expected[name], orphans
+                            variant,
+                            rounds[name],
+                            WORKLOADS[name][0],
+                            expected[name],
+                            orphans,
+                            runtimes / f"{name}-{chosen.index(variant)}",
                         )
                     )
                 print(f"  {name} round {rep + 1}/{reps} done", flush=True)

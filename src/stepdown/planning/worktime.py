@@ -2,7 +2,8 @@
 
 At the end of a run the runner records the seconds one task of its function took (measured
 where it ran, batch by batch); a later run of the same function, in this process or the next
-script run, plans with the median of the last five. The figures live in the start-up cost cache
+script run, plans with the latest figure (the tasks a script gives its function change with its
+data: the last run is the best guess for the next). The figures live in the start-up cost cache
 (:mod:`.startup_cache`: per user, checked like the host budget) as kind ``task:<key>``, for at
 most ``KEEP`` functions. A function has a key when it can be found again by name: a module's
 function, or the main script's with that script's path; lambdas and nested functions have none.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -43,12 +43,12 @@ def key_of(fn: Callable[..., Any]) -> str | None:
 
 
 def seconds(key: str | None) -> float | None:
-    """What one task of the function ``key`` took in its last runs (median), if recorded."""
+    """What one task of the function ``key`` took in its last run, if recorded."""
     if key is None:
         return None
     figures = cached().get(_PREFIX + key)
     samples = figures.get("samples") if figures else None
-    return statistics.median(samples) if samples else None
+    return float(samples[-1]) if samples else None
 
 
 def record(key: str | None, per_task: float | None) -> None:
