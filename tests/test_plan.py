@@ -336,10 +336,11 @@ def auto_plan(
     free: int = 16 * GiB,
     commit_left: int | None = None,
     start_method: str | None = None,
+    names: tuple[str, ...] = (),
 ) -> Plan:
     from stepdown.planning.launch import Launch
 
-    launch = Launch(FORKS, "fork", None, threads, commit_left)
+    launch = Launch(FORKS, "fork", None, threads, commit_left, names)
     return make_plan(
         BUILTIN,
         BUILTIN.profiles[profile],
@@ -367,9 +368,10 @@ def test_auto_starts_fresh_interpreters_beside_other_threads() -> None:
     backend, options, reason = first(auto_plan("kaggle", threads=3))
     assert (backend, options) == ("loky", {})
     assert "start_method auto: loky, the caller runs 3 other threads" in reason
-    backend, options, reason = first(auto_plan("server", threads=1))
+    assert "(a native library's, such as a BLAS or OpenMP pool)" in reason
+    backend, options, reason = first(auto_plan("server", threads=1, names=("uploader",)))
     assert (backend, options) == ("process", {"start_method": "forkserver"})
-    assert "start_method auto: forkserver, the caller runs 1 other thread" in reason
+    assert "start_method auto: forkserver, the caller runs 1 other thread (uploader)" in reason
 
 
 def test_auto_starts_fresh_interpreters_for_a_caller_big_next_to_free_memory() -> None:

@@ -54,31 +54,36 @@ class Launch:
     # (vm.overcommit_memory = 2: each fork commits the caller's writable memory again), else
     # ``None``.
     commit_left: int | None = None
+    thread_names: tuple[str, ...] = ()  # the Python threads among ``threads``
 
 
 def read_launch() -> Launch:
     """The snapshot for this process, at this moment (the main script's current line counts)."""
     methods = tuple(multiprocessing.get_all_start_methods())
     main = sys.modules.get("__main__")
+    threads, names = _other_threads()
     return Launch(
-        methods, _default_method(methods), _fresh_fails(main), _other_threads(), _commit_left()
+        methods, _default_method(methods), _fresh_fails(main), threads, _commit_left(), names
     )
 
 
 _POOL_THREADS = ("_ExecutorManagerThread", "_QueueManagerThread")
 
 
-def _other_threads() -> int:
+def _other_threads() -> tuple[int, tuple[str, ...]]:
     try:
         native = len(os.listdir("/proc/self/task"))
     except OSError:
         native = threading.active_count()
-    pools = sum(
-        1
-        for t in threading.enumerate()
-        if type(t).__name__ in _POOL_THREADS or t.name == "QueueFeederThread"
-    )
-    return max(0, native - 1 - pools)
+    current = threading.current_thread()
+    pools = 0
+    named: list[str] = []
+    for t in threading.enumerate():
+        if type(t).__name__ in _POOL_THREADS or t.name == "QueueFeederThread":
+            pools += 1
+        elif t is not current:
+            named.append(t.name)
+    return max(0, native - 1 - pools), tuple(named)
 
 
 def _commit_left() -> int | None:

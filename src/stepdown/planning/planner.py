@@ -215,8 +215,14 @@ def fork_unsafe(launch: Launch | None, resources: Resources, workers: int) -> st
     if launch is None or "fork" not in launch.methods:
         return "no fork here"
     if launch.threads:
+        named = (
+            f" ({', '.join(launch.thread_names[:3])})"
+            if launch.thread_names
+            else " (a native library's, such as a BLAS or OpenMP pool)"
+        )
         return (
-            f"the caller runs {plural(launch.threads, 'other thread')}: a fork copies their locks"
+            f"the caller runs {plural(launch.threads, 'other thread')}{named}: "
+            "a fork copies their locks"
         )
     rss, free = resources.caller_rss.value, resources.memory_available.value
     if rss is None or free is None:
