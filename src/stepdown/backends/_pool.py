@@ -164,6 +164,13 @@ class PoolBackend(Backend):
             self._pool.shutdown(wait=True)
         self.closed = True
 
+    def let_go(self) -> None:
+        # The pool's own exit hook still joins its manager thread; this only spares it the
+        # wait for workers that would each finalize an interpreter (loky's: 50-150 ms).
+        if self._pool is not None and not self.closed:
+            self._shutdown_now()
+        self.closed = True
+
 
 @contextlib.contextmanager
 def _sigint_blocked() -> Iterator[None]:

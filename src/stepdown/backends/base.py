@@ -111,6 +111,11 @@ class Backend(abc.ABC):
     def shutdown(self) -> None:
         """Orderly shutdown of an idle executor, waiting for its workers. Idempotent."""
 
+    def let_go(self) -> None:
+        """The interpreter is ending: shut an idle executor down without waiting on its
+        workers' own exit where that is slow. The default is :meth:`shutdown`."""
+        self.shutdown()
+
     def __enter__(self) -> Backend:
         self.start()
         return self

@@ -11,6 +11,7 @@ forgets its parent's.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import multiprocessing.util
 import os
@@ -117,12 +118,31 @@ def shutdown_all() -> None:
             backend.abandon()
 
 
+def _let_go_at_exit() -> None:
+    """The interpreter is ending: let every warm executor go without waiting on its idle
+    workers' own exit (:meth:`Backend.let_go`)."""
+    with _lock:
+        kept = list(_idle.values())
+        _idle.clear()
+    for backend in kept:
+        try:
+            backend.let_go()
+        except Exception:
+            backend.abandon()
+
+
 def _shut_down_at_exit() -> None:
     global _finalized_in
     if _finalized_in != os.getpid():
         _finalized_in = os.getpid()
         # Runs in a multiprocessing worker's exit (atexit does not), before it joins children.
         multiprocessing.util.Finalize(None, shutdown_all, exitpriority=10)
+        # Before the pools' own exit hooks wait for their workers (concurrent.futures and loky
+        # join them when the interpreter's threads are shut down, before atexit runs).
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None and threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(RuntimeError):  # the interpreter is ending already
+                register(_let_go_at_exit)
 
 
 def _forget_after_fork() -> None:

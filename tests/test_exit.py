@@ -1,0 +1,51 @@
+"""A script's exit lets warm pools go without waiting on their workers' own exit, and leaves
+nothing behind: no worker process, no warning, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+SCRIPT = """
+import json, os, stepdown
+
+def pid(_):
+    return os.getpid()
+
+if __name__ == "__main__":
+    workers = set(stepdown.map(pid, range(40), ladder=["{rung}"]))
+    print(json.dumps(sorted(workers)), flush=True)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("rung", ["loky:2", "process:2"])
+def test_a_script_exits_and_leaves_no_worker_behind(tmp_path: object, rung: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(rung=rung)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr == ""
+    workers = json.loads(out.stdout.splitlines()[-1])
+    assert workers and os.getpid() not in workers
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in workers if _alive(p)]
