@@ -46,7 +46,7 @@ from typing import Any
 
 from stepdown.cli.bench import burn, calibrate
 
-from benchmarks.bench_core import cpu_pressure, fail
+from benchmarks.bench_core import cpu_pressure, fail, summary
 from benchmarks.coldtask import spin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -362,41 +362,25 @@ def main(argv: list[str] | None = None) -> int:
 
     texts = [table(name, rounds[name], reps, measured[name]) for name in only]
     targets = [line for name in only for line in target_lines(name, measured[name])]
-    load_end = os.getloadavg()
-    print()
-    print("\n\n".join(texts))
-    print("\n### Targets (issue 11)\n")
-    print("```")
-    for ok, line in targets:
-        print(f"{'PASS' if ok else 'MISS'}  {line}")
-    print("```")
-    print(
-        f"\nTotal {time.perf_counter() - began:.0f} s; load average {load[0]:.2f} at the start, "
-        f"{load_end[0]:.2f} at the end (a shared machine: read the ratios, not the third digit)."
-    )
-    if args.json:
-        out: dict[str, Any] = {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "reps": reps,
-            "before": args.before,
-            "load_average": [load, load_end],
-            "workloads": {
-                name: {
-                    "tasks": WORKLOADS[name][0],
-                    "task_seconds": WORKLOADS[name][1],
-                    "rounds": rounds[name],
-                    "variants": {
-                        label: [asdict(s) for s in runs] for label, runs in measured[name].items()
-                    },
-                }
-                for name in only
-            },
-            "targets": [{"pass": ok, "line": line} for ok, line in targets],
-        }
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-        print(f"raw numbers written to {args.json}")
+    out: dict[str, Any] = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "reps": reps,
+        "before": args.before,
+        "load_average": load,
+        "workloads": {
+            name: {
+                "tasks": WORKLOADS[name][0],
+                "task_seconds": WORKLOADS[name][1],
+                "rounds": rounds[name],
+                "variants": {
+                    label: [asdict(s) for s in runs] for label, runs in measured[name].items()
+                },
+            }
+            for name in only
+        },
+    }
+    summary(out, texts, targets, began, load, args.json)
     return 0
 
 

@@ -23,15 +23,16 @@ with 0 OOM kills, wall <= 1.3x sequential. Needs root and a memory cgroup.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 
+from benchmarks.bench_cold import worktree
 from tests.support import cgroups
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,17 +63,21 @@ def _size(text: str) -> int:
 
 def run(variant: str, args: argparse.Namespace, src: str | None) -> dict[str, object]:
     body = CODE["stepdown" if variant == "stepdown-before" else variant]
-    code = textwrap.dedent(
-        f"""
+    code = (
+        textwrap.dedent(
+            f"""
         import json, time
         ITEMS = [({args.mib}, i) for i in range({args.tasks})]
         began = time.perf_counter()
         """
-    ) + textwrap.dedent(body) + textwrap.dedent(
-        """
+        )
+        + textwrap.dedent(body)
+        + textwrap.dedent(
+            """
         print(json.dumps({"ok": results == list(range(len(ITEMS))),
                           "wall": time.perf_counter() - began}))
         """
+        )
     )
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [src, str(ROOT)]))}
     with cgroups.Cgroup("memory", name="bench-memory") as group:
@@ -104,14 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print("cannot run: " + "; ".join(problems), file=sys.stderr)
         return 2
     variants = ["sequential", "stepdown", "joblib"]
-    worktree = None
     if args.before:
-        worktree = tempfile.mkdtemp(prefix="stepdown-before-")
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "-f", worktree, args.before],
-            check=True,
-            capture_output=True,
-        )
         variants.insert(2, "stepdown-before")
     print(
         f"{args.tasks} tasks of {args.mib} MiB in a {args.limit / 2**30:.2f} GiB group, "
@@ -119,17 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     measured: dict[str, list[dict[str, object]]] = {v: [] for v in variants}
-    try:
+    with contextlib.ExitStack() as stack:
+        tree = stack.enter_context(worktree(args.before)) if args.before else None
         for _ in range(args.reps):
             for variant in variants:
-                src = str(Path(worktree) / "src") if variant == "stepdown-before" else None
-                measured[variant].append(run(variant, args, src))
-    finally:
-        if worktree is not None:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", worktree],
-                capture_output=True,
-            )
+                before = tree is not None and variant == "stepdown-before"
+                measured[variant].append(run(variant, args, str(tree / "src") if before else None))
     base = statistics.median(float(str(m["wall"])) for m in measured["sequential"])
     print("\n| variant | wall | vs sequential | all results | OOM kills | caller exit |")
     print("|---|---|---|---|---|---|")

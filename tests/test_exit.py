@@ -49,3 +49,20 @@ def test_a_script_exits_and_leaves_no_worker_behind(tmp_path: object, rung: str)
     while any(_alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [p for p in workers if _alive(p)]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+@pytest.mark.timeout(60)
+def test_shutting_down_warm_pools_stops_their_workers() -> None:
+    """What a worker's exit runs for the pools a nested run left warm in it, and the
+    interpreter's exit after the threads' hook: every worker is gone when it returns."""
+    import stepdown
+    from stepdown.runner import pools
+
+    def pid(_: object) -> int:
+        return os.getpid()
+
+    workers = set(stepdown.map(pid, range(40), ladder=["process:2"]))
+    assert workers and all(_alive(p) for p in workers)
+    pools.shutdown_all()
+    assert not [p for p in workers if _alive(p)]

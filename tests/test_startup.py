@@ -280,3 +280,16 @@ def test_reading_costs_starts_nothing_and_imports_no_backend() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split() == ["[]", "None", "0"]
+
+
+def test_every_cold_pool_start_is_recorded_and_a_warm_one_is_not() -> None:
+    import stepdown
+
+    assert costs()["fork"].source.startswith("default")
+    stepdown.map(abs, range(10), ladder=[{"backend": "process", "start_method": "fork"}])
+    stepdown.map(abs, range(10), ladder=[{"backend": "process", "start_method": "fork"}])
+    fork = costs()["fork"]
+    assert fork.source.startswith("recorded on the fly, 1 start"), fork.source
+    assert 0 < fork.start < 60
+    stepdown.map(abs, range(10), ladder=["thread:2"])  # in the caller: nothing to record
+    assert costs()["thread"].source.startswith("default")

@@ -122,7 +122,7 @@ class BenchResult:
             )
         lines.append("")
         lines.append(
-            "start: creating the pool until each of 2 workers has answered, imports done; "
+            "start: creating the pool until a worker has answered, imports done; "
             "imports: what a cold script pays first."
         )
         return "\n".join(lines)

@@ -18,13 +18,14 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from ..backends.base import Backend
 from ..backends.failures import classify, translate
 from ..backends.registry import load_backend
 from ..errors import BackendUnavailable, Reason, ResourceFailure
 from ..options import Options
+from ..planning import startup
 from ..planning.rung import Rung
 from .report import RungRecord
 
@@ -71,11 +72,18 @@ def acquire(
 def _started(rung: Rung, workers: int, stall_timeout: float) -> Backend:
     backend = load_backend(rung.backend)(workers, rung.options)
     backend.stall_timeout = stall_timeout
+    began = time.perf_counter()
     try:
         backend.start()
     except BaseException:
         backend.abandon()
         raise
+    if backend.in_process:
+        return backend
+    # What this host's pools cost to start, for the plans to come (stepdown doctor shows it).
+    startup.record(
+        startup.kind_of(rung.backend, rung.options.get("start_method")), time.perf_counter() - began
+    )
     return backend
 
 
@@ -108,25 +116,22 @@ def release(backend: Backend, rung: Rung, reuse: bool = True) -> None:
 
 def shutdown_all() -> None:
     """Shut down every warm executor (also registered to run at interpreter exit)."""
-    with _lock:
-        kept = list(_idle.values())
-        _idle.clear()
-    for backend in kept:
-        try:
-            backend.shutdown()
-        except Exception:
-            backend.abandon()
+    _end_all(lambda backend: backend.shutdown())  # each backend's own, not the base's
 
 
 def _let_go_at_exit() -> None:
     """The interpreter is ending: let every warm executor go without waiting on its idle
     workers' own exit (:meth:`Backend.let_go`)."""
+    _end_all(lambda backend: backend.let_go())
+
+
+def _end_all(end: Callable[[Backend], None]) -> None:
     with _lock:
         kept = list(_idle.values())
         _idle.clear()
     for backend in kept:
         try:
-            backend.let_go()
+            end(backend)
         except Exception:
             backend.abandon()
 
