@@ -47,10 +47,11 @@ def start(
     what it did and why."""
     if not callable(fn):
         raise UsageError(f"fn must be callable, not {type(fn).__name__}")
+    key = worktime.key_of(fn)
     if setup is None:
         tasks = len(items) if isinstance(items, Sized) else None
-        setup = prepare(options, tasks, work=worktime.seconds(worktime.key_of(fn)))
-    return Engine(fn, items, setup, options)
+        setup = prepare(options, tasks, work=worktime.seconds(key))
+    return Engine(fn, items, setup, options, learn=key)
 
 
 class _Zipped:

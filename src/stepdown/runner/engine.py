@@ -70,7 +70,8 @@ class Engine:
     """Runs ``fn`` over ``items`` down the plan's ladder; iterate it for ``(index, value, ok)``.
 
     ``ok`` is False when ``value`` is the task's exception (only with ``errors="return"``; with
-    ``"raise"`` it is raised instead). ``accept`` filters what an :class:`Inbox` hands over.
+    ``"raise"`` it is raised instead). ``accept`` filters what an :class:`Inbox` hands over;
+    ``learn`` is the key of ``fn``'s task time, for later plans (:mod:`..planning.worktime`).
     """
 
     def __init__(
@@ -81,8 +82,10 @@ class Engine:
         options: Options,
         *,
         accept: Callable[[Any], bool] = lambda item: True,
+        learn: str | None = None,
     ) -> None:
         self.fn = fn
+        self._learn = learn
         self.options = options
         self.plan = setup.plan
         self.rungs = list(setup.plan.usable_rungs())
@@ -196,8 +199,8 @@ class Engine:
 
     def _learned_work(self) -> None:
         """Keep what one task took for the next run of ``fn`` to plan with, when it is new."""
-        key, per_task = worktime.key_of(self.fn), self._sizer.per_task
-        known = worktime.seconds(key)
+        key, per_task = self._learn, self._sizer.per_task
+        known = worktime.seconds(key) if per_task is not None else None
         if per_task is not None and (not known or not 0.8 < per_task / known < 1.25):
             worktime.record(key, per_task)
 
