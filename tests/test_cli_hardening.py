@@ -367,7 +367,18 @@ def test_an_output_that_stops_taking_writes_keeps_what_it_took(job: Path) -> Non
     def small_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 
-    out = stepdown(job, "job:score", "-i", "items.jsonl", "-o", "out.jsonl", preexec_fn=small_files)
+    # No bytecode cache written under the limit: a cut-off .pyc of job.py would break the
+    # resumed run's import, not stepdown's output.
+    out = stepdown(
+        job,
+        "job:score",
+        "-i",
+        "items.jsonl",
+        "-o",
+        "out.jsonl",
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+        preexec_fn=small_files,
+    )
     one_line(out, "cannot write output out.jsonl: File too large", "--resume")
     finished = stepdown(job, "job:score", "-i", "items.jsonl", "-o", "out.jsonl", "--resume")
     assert finished.returncode == 0, finished.stderr
