@@ -7,7 +7,6 @@ Each case runs in a fresh interpreter: what is imported, and in which order, is 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import textwrap
@@ -116,6 +115,9 @@ def test_nested_parallel_by_name_in_a_worker(outer: str) -> None:
     out = run_python(
         f"""
         import json, os
+        # Two workers' nested runs at once would share the host budget (two slots here), and
+        # one could be granted fewer threads than it asks for: not what this test is about.
+        os.environ["STEPDOWN_BUDGET"] = "off"
         import stepdown
         from joblib import Parallel, delayed
         from tests.support.joblib_nested import nested
@@ -127,9 +129,7 @@ def test_nested_parallel_by_name_in_a_worker(outer: str) -> None:
         assert task["pid"] != out["parent"]  # it ran in a worker process
         assert task["backend"] == "StepdownBackend"
         assert task["inner_pids"] == [task["pid"]]  # the thread rung, in that worker
-        # thread(2), or thread(1) when the other worker's nested run held a slot of the host
-        # budget (two CPUs here) at that moment.
-        assert re.search(r"thread\([12]\) \(started", str(task["report"])), task["report"]
+        assert "thread(2)" in task["report"], task["report"]
 
 
 @pytest.mark.timeout(60)

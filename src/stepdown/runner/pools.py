@@ -125,6 +125,14 @@ def _let_go_at_exit() -> None:
     _end_all(lambda backend: backend.let_go())
 
 
+def _stop_all() -> None:
+    """A process is ending (a worker's exit: what a nested run left warm in it): stop every
+    warm executor's idle workers outright. An orderly stop waits for each worker to take its
+    stop signal, and in a worker process whose threads forked the pool that wait has been seen
+    to last forever; an idle worker has nothing to lose."""
+    _end_all(lambda backend: backend.abandon())
+
+
 def _end_all(end: Callable[[Backend], None]) -> None:
     with _lock:
         kept = list(_idle.values())
@@ -141,7 +149,7 @@ def _shut_down_at_exit() -> None:
     if _finalized_in != os.getpid():
         _finalized_in = os.getpid()
         # Runs in a multiprocessing worker's exit (atexit does not), before it joins children.
-        multiprocessing.util.Finalize(None, shutdown_all, exitpriority=10)
+        multiprocessing.util.Finalize(None, _stop_all, exitpriority=10)
         # Before the pools' own exit hooks wait for their workers (concurrent.futures and loky
         # join them when the interpreter's threads are shut down, before atexit runs).
         register = getattr(threading, "_register_atexit", None)
