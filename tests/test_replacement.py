@@ -66,7 +66,8 @@ def test_beside_another_thread_it_is_a_loky_pool_again(tmp_path: Path) -> None:
     found = _run(tmp_path, "threaded")
     assert found["results"] == [x * x for x in range(40)]
     assert found["rungs"] == ["loky(2)", "loky(2)"]
-    assert (
-        "restarting it with a fresh pool (not fork-started: the caller runs 1 other thread"
-        in str(found["log"])
-    )
+    log = str(found["log"])
+    # The thread the script started is named; a thread of the broken pool that is just ending
+    # may be counted beside it.
+    assert "restarting it with a fresh pool (not fork-started: the caller runs " in log, log
+    assert "Thread-1 (sleep)" in log, log

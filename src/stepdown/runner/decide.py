@@ -69,7 +69,13 @@ def fresh_pool(rung: Rung, resources: Resources, workers: int) -> tuple[Rung, st
     """
     if not rung.info.fresh or rung.info.forks_as is None:
         return rung, "a fresh pool"
-    why = fork_unsafe(read_launch(), resources, workers)
+    launch = read_launch()
+    for _ in range(5):  # a thread of the broken pool may be ending: its OS thread outlives it
+        if launch.threads <= len(launch.thread_names):  # each one named: none is ending
+            break
+        time.sleep(0.01)
+        launch = read_launch()
+    why = fork_unsafe(launch, resources, workers)
     if why is not None:
         return rung, f"a fresh pool (not fork-started: {why})"
     forked = Rung(rung.info.forks_as, rung.workers, {**rung.options, "start_method": "fork"})
