@@ -226,3 +226,39 @@ def test_all_file_cache_counts_as_free_for_the_guard_not_for_the_plan(tmp_path: 
     _, guarded = cgroup_memory(group, all_cache=True)
     assert planned is not None and planned.value == 200 * MiB
     assert guarded is not None and guarded.value == 400 * MiB
+
+
+@linux_only
+def test_the_guard_learns_what_the_worker_it_stopped_held() -> None:
+    """CI: a one-worker rung was stopped by the guard before any batch had finished, nothing was
+    learned, and the next rung ran two 200 MiB tasks inside the caller, which the kernel then
+    killed. What the stopped worker held is now the least a task is taken to need."""
+    from stepdown.runner.memory import Guard, Left, MemoryCare
+
+    hog = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "b = bytearray(120 << 20); b[::4096] = b'1' * (len(b) // 4096)\n"
+            "print('held', flush=True); import time; time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert hog.stdout is not None and hog.stdout.readline().strip() == "held"
+        care = MemoryCare(None, patience=0.2)
+        care.started = ("loky", True)  # a fresh interpreter: nothing of the caller's to take off
+        care.guard = Guard(care.task, read=lambda: Left(10 * MiB, 1 << 30, "a full group"))
+        care.guard.watch("loky(1)", lambda: [hog.pid], lambda pids: pids[0])
+        assert hog.wait(timeout=10) == -9  # stopped: less than the margin was left
+        care.guard.stop()
+        failure = stepdown.errors.ResourceFailure(stepdown.Reason.WORKER_DIED, "killed")
+        _, memory = care.judge(failure)
+        assert memory
+        assert care.task.estimate is not None and care.task.estimate >= 120 * MiB
+        # Nothing fits beside the caller in a full group: no in-process rung runs two at once.
+        assert care.in_process(2, lambda seconds: None) != 2
+    finally:
+        hog.kill()
+        hog.wait()

@@ -146,6 +146,7 @@ class Guard:
         self._last: Left | None = None
         self._read_at = -math.inf
         self.stopped: str | None = None  # what the guard did on this rung, for the runner
+        self.held: int | None = None  # the anonymous memory of the worker it stopped
         self._thread: threading.Thread | None = None
         self._done = threading.Event()
 
@@ -178,7 +179,7 @@ class Guard:
     def watch(self, label: str, pids: Callable[[], list[int]], youngest: YoungestTask) -> None:
         """Start watching for the rung ``label`` whose worker processes ``pids()`` returns."""
         self.stop()
-        self.stopped = None
+        self.stopped = self.held = None
         self._done = threading.Event()
         thread = threading.Thread(
             target=self._run,
@@ -216,6 +217,7 @@ class Guard:
             pid = youngest(pids())
             if pid is None:
                 continue
+            self.held = anonymous(pid)  # what its task had taken: the runner learns from it
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
             self.stopped = (
@@ -273,6 +275,9 @@ class MemoryCare:
         kills, self._kills = self._kills, _oom_kills()
         if self.guard.stopped is not None:
             failure = ResourceFailure(Reason.OUT_OF_MEMORY, self.guard.stopped, failure.rung)
+            if self.guard.held is not None:  # a forked worker's count the caller's pages too
+                own = 0 if self.started[1] else anonymous(os.getpid()) or 0
+                self.task.observe(None, overran=max(0, self.guard.held - own))
         caller = failure.detail.endswith(RECEIVING)
         memory = (failure.reason is Reason.OUT_OF_MEMORY and not caller) or (
             kills is not None and self._kills is not None and self._kills > kills
@@ -301,8 +306,10 @@ class MemoryCare:
         the caller down with it). When not one fits, what others hold may be freed soon (other
         jobs on the host finish): ``pause`` up to ``patience`` seconds in all for room."""
         estimate = self.task.estimate
-        if not self.failed or not estimate:
+        if not self.failed:
             return workers
+        if not estimate:  # memory ran out, and no task was measured: one at a time
+            return 1
         fit = self.guard.fit(workers)
         if fit:
             return fit
@@ -327,6 +334,17 @@ class MemoryCare:
         """What one slot of the host budget reserves: the plan's figure, plus the learned
         task where the user declared none (the plan's figure then holds no task)."""
         return planned + (self.task.learned or 0 if self.task.declared is None else 0)
+
+
+def anonymous(pid: int) -> int | None:
+    """The anonymous memory a process holds (``RssAnon``: its data, not its files), or
+    ``None`` where it cannot be read."""
+    text = read_text(f"/proc/{pid}/status")
+    for line in (text or "").splitlines():
+        if line.startswith("RssAnon:"):
+            fields = line.split()
+            return int(fields[1]) * 1024 if len(fields) > 1 and fields[1].isdigit() else None
+    return None
 
 
 def _oom_kills() -> int | None:
