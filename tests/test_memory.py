@@ -257,8 +257,11 @@ def test_the_guard_learns_what_the_worker_it_stopped_held() -> None:
         _, memory = care.judge(failure)
         assert memory
         assert care.task.estimate is not None and care.task.estimate >= 120 * MiB
-        # Nothing fits beside the caller in a full group: no in-process rung runs two at once.
+        # Nothing fits beside the caller in a full group: no in-process rung runs two at once,
+        # and with room it runs one: no task was measured to its end.
         assert care.in_process(2, lambda seconds: None) != 2
+        care.guard.read = lambda: Left(1 << 30, 1 << 30, "an empty group")
+        assert care.in_process(2, lambda seconds: None) == 1
     finally:
         hog.kill()
         hog.wait()

@@ -308,9 +308,13 @@ class MemoryCare:
         estimate = self.task.estimate
         if not self.failed:
             return workers
-        if not estimate:  # memory ran out, and no task was measured: one at a time
-            return 1
-        fit = self.guard.fit(workers)
+        # No task measured to its end (at most a stopped worker's memory, a lower bound): one
+        # at a time, and only once that bound fits.
+        measured = self.task.learned is not None or self.task.declared is not None
+        most = workers if measured else 1
+        if not estimate:
+            return most
+        fit = min(most, self.guard.fit(workers))
         if fit:
             return fit
         waited, began = False, time.monotonic()
@@ -325,7 +329,7 @@ class MemoryCare:
                 log.warning("%s; waiting up to %.0f s for memory to come back", why, self.patience)
                 waited = True
             pause(min(self.WAIT, self.patience - spent))
-            fit = self.guard.fit(workers)
+            fit = min(most, self.guard.fit(workers))
             if fit:
                 log.info("memory came back after %.1f s: room for %d task(s)", spent, fit)
                 return fit
