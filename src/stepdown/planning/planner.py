@@ -227,24 +227,26 @@ def fork_unsafe(launch: Launch | None, resources: Resources, workers: int) -> st
     rss, free = resources.caller_rss.value, resources.memory_available.value
     if rss is None or free is None:
         return "the caller's size or the free memory is unknown"
-    room = free if launch.commit_left is None else min(free, launch.commit_left)
+    room, shown = _room(launch, free)
     if workers * rss > room // 2:
         return (
-            f"{workers} forks of a {format_size(rss)} caller could take more than half "
-            f"of {format_size(room)} {_room(launch)}"
+            f"{workers} forks of a {format_size(rss)} caller could take more than half of {shown}"
         )
     return None
 
 
 def _fork_safe(launch: Launch | None, resources: Resources) -> str:
     rss, free = resources.caller_rss.value or 0, resources.memory_available.value or 0
-    room = free if launch is None or launch.commit_left is None else min(free, launch.commit_left)
-    return f"no other thread, a {format_size(rss)} caller, {format_size(room)} {_room(launch)}"
+    return f"no other thread, a {format_size(rss)} caller, {_room(launch, free)[1]}"
 
 
-def _room(launch: Launch | None) -> str:
-    strict = launch is not None and launch.commit_left is not None
-    return "free or committable (strict overcommit)" if strict else "free"
+def _room(launch: Launch | None, free: int) -> tuple[int, str]:
+    """What forks may take: the free memory, and under strict overcommit at most what the
+    kernel still lets processes commit; and how the plan shows it."""
+    if launch is None or launch.commit_left is None:
+        return free, f"{format_size(free)} free"
+    room = min(free, launch.commit_left)
+    return room, f"{format_size(room)} free or committable (strict overcommit)"
 
 
 def _starting_here(rung: Rung, launch: Launch | None, asked: bool) -> tuple[Rung | None, str]:
