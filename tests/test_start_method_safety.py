@@ -60,9 +60,10 @@ def env(tmp_path: Path) -> dict[str, str]:
 def outcome(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
-    # A fresh worker that runs the script's body again may print into the same line.
+    # A fresh worker that runs the script's body again may print into the same line, before or
+    # after the result.
     [line] = [line[line.index("{") :] for line in out.stdout.splitlines() if "{" in line]
-    found: dict[str, Any] = json.loads(line)
+    found: dict[str, Any] = json.JSONDecoder().raw_decode(line)[0]
     assert found["profile"] == "server"
     assert found["results"] == [0, 2, 4, 6, 8, 10]
     return found
