@@ -297,7 +297,7 @@ def test_another_users_directory_does_not_block_a_budgeted_run(scene: dict[str, 
     assert sorted(p.name for p in (made / "default").iterdir()) == ["slot-0", "slot-1"]
     code, out, err = run_as_b(["-m", "stepdown", "plan", "--profile", "kaggle"], scene)
     assert (code, err) == (0, "")
-    assert "loky(" in out
+    assert "1. process(2) start_method=fork" in out  # kaggle, start_method auto
     _untouched(scene)
 
 

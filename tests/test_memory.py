@@ -122,10 +122,11 @@ def test_tasks_that_outgrow_the_container_shrink_the_process_rung() -> None:
 
 
 # Tasks of 160 MiB, one at a time, in a 400 MiB group. When task 2 starts, another process in
-# the group (the hog) takes 200 MiB and keeps it: the guard stops the worker. One task no longer
-# fits beside the caller, so the sequential rung may not run it there yet; the hog is killed
-# once the run says it waits. Before, the sequential rung was skipped at once and the run
-# raised "every rung of the ladder failed" with two results in hand.
+# the group (the hog) takes 200 MiB and keeps it: the guard stops the worker. The task does not
+# move into the caller, whom the OOM killer would then pick: the one-worker rung waits for room
+# and runs again; the hog is killed once the run says it waits. Before, the task moved to the
+# sequential rung at once, which ran it inside the caller (and before that, was skipped and the
+# run raised "every rung of the ladder failed" with two results in hand).
 CONTENDED = """
 import json, logging, sys
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -168,14 +169,15 @@ def _contended(tmp_path: Path, free: bool) -> tuple[int, str, str, int]:
         return run.returncode, out, "".join(lines), group.oom_kills()
 
 
-def test_an_in_process_rung_waits_for_memory_others_hold_then_runs(tmp_path: Path) -> None:
+def test_a_one_worker_rung_waits_for_memory_others_hold_then_runs_again(tmp_path: Path) -> None:
     code, out, stderr, kills = _contended(tmp_path, free=True)
     assert code == 0, stderr[-3000:]
     assert json.loads(out.strip().splitlines()[-1]) == {
         "results": [0, 1, 2, 3],
-        "rungs": ["process(1)", "sequential"],
+        "rungs": ["process(1)", "process(1)"],
     }
     assert "process(1) failed: out of memory" in stderr, stderr[-3000:]
+    assert "running it again once a task fits" in stderr, stderr[-3000:]
     assert "memory came back after" in stderr, stderr[-3000:]
     assert kills == 0, stderr[-3000:]
 
@@ -186,10 +188,60 @@ def test_memory_that_never_comes_back_ends_the_run_as_out_of_memory(tmp_path: Pa
     code, _, stderr, kills = _contended(tmp_path, free=False)
     assert code == 1, stderr[-3000:]
     assert "waiting up to 3 s" in stderr, stderr[-3000:]
-    assert "after waiting 3 s: it would take the caller down" in stderr, stderr[-3000:]
+    assert "after waiting 3 s; stepping down to sequential" in stderr, stderr[-3000:]
+    assert "is left: it would take the caller down" in stderr, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
     assert last == "stepdown.errors.ResourceFailure: out of memory: every rung of the ladder failed"
     assert kills == 0, stderr[-3000:]
+
+
+# Tasks of 160 MiB in a 400 MiB group, beside a hog that takes 200 MiB for 1 s each time task 2
+# starts: each run of the one worker is stopped, and memory comes back between runs.
+PULSED = """
+import json, logging, sys
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+import stepdown
+from tests.support.memtask import hold_then_signal
+
+items = [(160, i, sys.argv[1], 2) for i in range(4)]
+try:
+    stepdown.run(hold_then_signal, items, ladder=["process:1", "sequential"], stall_timeout=1)
+except stepdown.ResourceFailure as exc:
+    print(json.dumps({"error": str(exc)}))
+"""
+
+
+def test_a_task_that_never_fits_in_one_worker_is_not_moved_into_the_caller(
+    tmp_path: Path,
+) -> None:
+    """Three one-worker runs in a row end no task: the ladder moves on, and the sequential rung
+    refuses the task rather than run it inside the caller, whom the OOM killer would pick."""
+    skip_unless_cgroups("memory")
+    marker = str(tmp_path / "go")
+    hog_code = f"from tests.support.memtask import pulsing_hog; pulsing_hog({marker!r}, 200, 1.0)"
+    with Cgroup("memory") as group:
+        group.set_memory_limit(400 * MiB)
+        env = child_env()
+        hog = group.popen([sys.executable, "-c", hog_code], stdout=subprocess.PIPE, env=env)
+        try:
+            run = group.popen(
+                [sys.executable, "-c", textwrap.dedent(PULSED), marker],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            out, err = run.communicate(timeout=90)
+        finally:
+            hog.kill()
+            hog.wait(timeout=10)
+    assert run.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1]) == {
+        "error": "out of memory: every rung of the ladder failed"
+    }, err[-3000:]
+    assert err.count("running it again once a task fits") == 3, err[-3000:]
+    assert "in hand\nWARNING sequential skipped: 3 runs with one worker in a row ran out of " in err
+    assert "memory: it would take the caller down; stepping down to nothing" in err, err[-3000:]
 
 
 def test_a_fresh_interpreter_worker_is_charged_its_own_footprint_not_the_callers() -> None:

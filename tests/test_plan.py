@@ -326,7 +326,6 @@ def test_plan_accepts_a_loaded_policy(fake_probe: Resources) -> None:
 
 MiB = 1024**2
 FORKS = ("fork", "spawn", "forkserver")
-LOKY_AUTO: list[object] = [{"backend": "loky", "workers": 3, "start_method": "auto"}, "thread:2"]
 
 
 def auto_plan(
@@ -342,8 +341,6 @@ def auto_plan(
     from stepdown.planning.launch import Launch
 
     launch = Launch(FORKS, "fork", None, threads, commit_left, names)
-    # "kaggle": its ladder with a loky rung that says auto (the built-in one does not yet).
-    given = parse_policy_ladder(LOKY_AUTO, "test", "ladder") if profile == "kaggle" else None
     return make_plan(
         BUILTIN,
         BUILTIN.profiles[profile],
@@ -351,7 +348,6 @@ def auto_plan(
         100,
         launch=launch,
         start_method=start_method,
-        ladder=given,
     )
 
 
@@ -409,8 +405,7 @@ def test_a_cold_script_forks_and_a_threaded_one_starts_loky(tmp_path: Path) -> N
         "import json, sys, threading, time, stepdown\n"
         "if sys.argv[1] == 'threaded':\n"
         "    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
-        "ladder = [{'backend': 'loky', 'workers': 3, 'start_method': 'auto'}]\n"
-        "run = stepdown.run(abs, range(-20, 0), ladder=ladder)\n"
+        "run = stepdown.run(abs, range(-20, 0), profile='kaggle')\n"
         "print(json.dumps([run.results[:3], run.report.final_rung]))\n"
     )
     found = {}

@@ -291,6 +291,7 @@ def test_builtin_ladders() -> None:
     assert kaggle.rules[0].when == Conditions(tasks_below=4)
     assert [str(r) for r in kaggle.rules[0].ladder] == ["thread(3)", "sequential"]
     assert [str(r) for r in kaggle.rules[1].ladder] == ["loky(3)", "thread(2)", "sequential"]
+    assert kaggle.rules[1].ladder[0].options == {"start_method": "auto"}
     laptop = profiles["laptop"].rules[1].ladder
     assert laptop[0] == Rung("process", None, {"start_method": "fork"})
     server = profiles["server"].rules[1].ladder

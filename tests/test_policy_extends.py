@@ -65,7 +65,8 @@ budget = { size = 3 }
     data = plan_json(tmp_path, policy, "--profile", "roomy")
     assert data["profile"] == "roomy"
     assert data["memory_headroom"] == 0.4  # its own
-    assert labels(data) == ["loky(3)", "thread(2)", "sequential"]  # kaggle's rules
+    # kaggle's rules (a small single-threaded caller: start_method auto forks)
+    assert labels(data) == ["process(3) start_method=fork", "thread(2)", "sequential"]
     # kaggle's budget table, merged key by key: still enabled, with this profile's size.
     assert (data["budget"]["enabled"], data["budget"]["size"]) == (True, 3)
 
@@ -91,7 +92,7 @@ memory_headroom = "35%"
     assert child["budget"]["enabled"] is True  # from kaggle, through base
     kaggle = plan_json(tmp_path, policy, "--profile", "kaggle")
     assert kaggle["memory_headroom"] == 0.35
-    assert labels(kaggle) == ["loky(3)", "thread(2)", "sequential"]
+    assert labels(kaggle) == ["process(3) start_method=fork", "thread(2)", "sequential"]
 
 
 def test_a_cycle_is_one_error_naming_the_file_and_key(tmp_path: Path) -> None:

@@ -42,3 +42,17 @@ def hog(marker: str, mib: int) -> None:
     held[::4096] = b"\x01" * (len(held) // 4096)
     print("held", flush=True)
     time.sleep(3600)
+
+
+def pulsing_hog(marker: str, mib: int, hold_for: float) -> None:
+    """Each time ``marker`` appears, remove it and hold ``mib`` MiB (touched) for ``hold_for``
+    seconds: another job that takes the memory whenever a task starts, then gives it back."""
+    while True:
+        while not os.path.exists(marker):
+            time.sleep(0.005)
+        os.unlink(marker)
+        held = bytearray(mib * MiB)
+        held[::4096] = b"\x01" * (len(held) // 4096)
+        print("held", flush=True)
+        time.sleep(hold_for)
+        del held

@@ -52,8 +52,13 @@ def seconds(key: str | None) -> float | None:
 
 
 def record(key: str | None, per_task: float | None) -> None:
-    """Fold what one task took in this run into the cache. Never raises."""
+    """Fold what one task took in this run into the cache, when it is new (not within 25%
+    of the last figure: a file written on every run would cost more than it tells). Never
+    raises."""
     if key is None or per_task is None or not is_seconds(per_task):
+        return
+    known = seconds(key)
+    if known and 0.8 < per_task / known < 1.25:
         return
 
     def fold(kinds: dict[str, Figures]) -> None:

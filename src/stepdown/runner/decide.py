@@ -28,6 +28,7 @@ class Step(enum.Enum):
 
     RESTART = "restart the rung with a fresh pool"
     SHRINK = "restart the rung with fewer workers"
+    WAIT = "restart the one-worker rung once one task fits"
     STEP_DOWN = "step down to the next rung"
 
 
@@ -47,16 +48,17 @@ def decide(
     ``restarts`` times; ``memory``: memory ran out (see :class:`.memory.MemoryCare`).
 
     A memory failure shrinks before it moves: the same isolated process rung with fewer
-    workers, down to one, and only then the next rung (an in-process one runs tasks inside the
-    caller, whom the OOM killer would then pick). One dead worker does not prove the machine
+    workers, down to one, which waits for room and runs again (:meth:`.MemoryCare.again`), and
+    only then the next rung (an in-process one runs tasks inside the caller, whom the OOM
+    killer would then pick). One dead worker does not prove the machine
     cannot afford the pool (a passing spike, a stray kill): a process rung gets a fresh pool
     ``restarts`` times (rung option, default 1). A poison task kills the fresh pool too, and
     the ladder then goes on. Anything else steps down.
     """
     if rung.in_process:
         return Step.STEP_DOWN
-    if memory and workers > 1:
-        return Step.SHRINK
+    if memory:
+        return Step.SHRINK if workers > 1 else Step.WAIT
     if failure.reason is Reason.WORKER_DIED and restarts < int(rung.options.get("restarts", 1)):
         return Step.RESTART
     return Step.STEP_DOWN

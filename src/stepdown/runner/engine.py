@@ -142,7 +142,7 @@ class Engine:
             self.live_report()
             self._flights.cancel_all()
             self._timeouts.close()
-        self._learned_work()  # all delivered
+        worktime.record(self._learn, self._sizer.per_task)  # all delivered: for later plans
 
     # ---- the ladder ------------------------------------------------------------------
 
@@ -189,20 +189,20 @@ class Engine:
             if step is Step.SHRINK:
                 self._step_down(backend, record, failure, "shrinking it")
                 continue
-            self._step_down(
-                backend, record, failure, f"stepping down to {self._next_label(position)}"
-            )
+            then = f"stepping down to {self._next_label(position)}"
+            if step is Step.WAIT and self._memory.again():
+                self._step_down(backend, record, failure, "running it again once a task fits")
+                why = self._memory.room_for_one(self._events.pause)
+                if why is None:
+                    self._shrunk = 1
+                    continue
+                log.warning("%s: %s; %s with %s", backend.label, why, then, self._left())
+            else:
+                self._step_down(backend, record, failure, then)
             position += 1
             restarts = 0
         if not self._finished():
             raise ResourceFailure(self._ended, "every rung of the ladder failed")
-
-    def _learned_work(self) -> None:
-        """Keep what one task took for the next run of ``fn`` to plan with, when it is new."""
-        key, per_task = self._learn, self._sizer.per_task
-        known = worktime.seconds(key) if per_task is not None else None
-        if per_task is not None and (not known or not 0.8 < per_task / known < 1.25):
-            worktime.record(key, per_task)
 
     def _finished(self) -> bool:
         return self._feed.exhausted and not self._feed.requeued and not self._flights

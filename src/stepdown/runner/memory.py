@@ -21,6 +21,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 import signal
 import threading
 import time
@@ -232,13 +233,17 @@ class Guard:
 class MemoryCare:
     """The run's memory decisions, in one place for the runner (see the module's docstring)."""
 
-    WAIT = 0.25  # how often to look for room while no task fits beside the caller
+    WAIT = 0.25  # how often to look for room while no task fits
+    AGAIN = 3  # memory failures of a one-worker process rung, no task ending, before it moves on
 
     def __init__(self, declared: int | None, patience: float = 30.0) -> None:
         self.task = TaskMemory(declared)
         self.patience = patience  # how long an in-process rung waits for room (see in_process)
         self.guard = Guard(self.task)
         self.failed = False  # a rung of this run failed for memory
+        self.waits = 0  # memory failures of a one-worker process rung since a task last ended
+        self._waited_out = False  # a wait for room used all the patience: none waits again
+        self.alone: str | None = None  # why a task did not fit alone in one worker, if so
         # What the tasks of one worker of the process rung running now may add (peak.cap).
         self.share: int | None = None
         self.started = ("", False)  # how its workers start (planning.footprint.kind)
@@ -266,6 +271,7 @@ class MemoryCare:
         """What a finished batch says about memory: its tasks', its worker's own."""
         self.task.observe(result.peak, result.overran)
         footprint.learn(self.started, result.resident)
+        self.waits = 0  # a task ended: the rung makes progress
 
     def judge(self, failure: ResourceFailure) -> tuple[ResourceFailure, bool]:
         """``failure`` as the runner should take it, and whether the workers' memory caused it
@@ -300,35 +306,61 @@ class MemoryCare:
         is, its ``MemoryError`` is its outcome: it would not fit beside the caller either."""
         return not remote or workers > 1
 
+    def again(self) -> bool:
+        """Whether a one-worker process rung that failed for memory runs again, once one task
+        fits (:meth:`room_for_one`). Its worker is the OOM killer's first choice, which the
+        caller would be once the task moved in-process: while others hold the memory, the task
+        waits isolated. After ``AGAIN`` such failures in a row with no task ending, the ladder
+        moves on, and no in-process rung runs what did not fit alone in a worker."""
+        self.waits += 1
+        if self.waits > self.AGAIN:
+            self.alone = f"{self.AGAIN} runs with one worker in a row ran out of memory"
+        return self.alone is None
+
+    def room_for_one(self, pause: Callable[[float], None]) -> str | None:
+        """Wait (see :meth:`_wait`) until one task fits: ``None``, or why it did not."""
+        fit = self._wait(1, 1, pause)
+        return fit if isinstance(fit, str) else None
+
     def in_process(self, workers: int, pause: Callable[[float], None]) -> int | str:
         """Tasks an in-process rung may run at once beside the caller, or why none: after a
         memory failure, only as many as fit what is left (a task that does not fit would take
         the caller down with it). When not one fits, what others hold may be freed soon (other
         jobs on the host finish): ``pause`` up to ``patience`` seconds in all for room."""
-        estimate = self.task.estimate
         if not self.failed:
             return workers
+        if self.alone is not None:  # what did not fit in one worker will not beside the caller
+            return f"{self.alone}: it would take the caller down"
         # No task measured to its end (at most a stopped worker's memory, a lower bound): one
         # at a time, and only once that bound fits.
         measured = self.task.learned is not None or self.task.declared is not None
-        most = workers if measured else 1
+        fit = self._wait(workers if measured else 1, workers, pause)
+        return fit if isinstance(fit, int) else f"{fit}: it would take the caller down"
+
+    def _wait(self, most: int, workers: int, pause: Callable[[float], None]) -> int | str:
+        """Up to ``most`` of ``workers`` tasks that fit what is left now, else after waiting
+        up to ``patience`` seconds for room (looking every ``WAIT``, with a random offset so
+        that instances that wait together do not all take the room at once), else why not."""
+        estimate = self.task.estimate
         if not estimate:
             return most
         fit = min(most, self.guard.fit(workers))
         if fit:
             return fit
         waited, began = False, time.monotonic()
+        patience = 0.0 if self._waited_out else self.patience
         while True:
             left = self.guard.read()
             room = "too little" if left is None else format_size(max(0, left.free - left.margin))
-            why = f"a task holds about {format_size(estimate)} and {room} is left beside the caller"
+            why = f"a task holds about {format_size(estimate)} and {room} is left"
             spent = time.monotonic() - began
-            if spent >= self.patience:
-                return f"{why} after waiting {spent:.0f} s: it would take the caller down"
+            if spent >= patience:
+                self._waited_out = True
+                return f"{why} after waiting {spent:.0f} s" if patience else why
             if not waited:
-                log.warning("%s; waiting up to %.0f s for memory to come back", why, self.patience)
+                log.warning("%s; waiting up to %.0f s for memory to come back", why, patience)
                 waited = True
-            pause(min(self.WAIT, self.patience - spent))
+            pause(min(self.WAIT * (0.5 + random.random()), patience - spent))
             fit = min(most, self.guard.fit(workers))
             if fit:
                 log.info("memory came back after %.1f s: room for %d task(s)", spent, fit)
