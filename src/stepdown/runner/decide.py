@@ -11,6 +11,7 @@ import time
 from collections.abc import Hashable
 
 from ..backends.base import Backend
+from ..backends.registry import info
 from ..errors import Reason, ResourceFailure
 from ..planning.launch import read_launch
 from ..planning.planner import fork_unsafe
@@ -48,17 +49,19 @@ def decide(
     ``restarts`` times; ``memory``: memory ran out (see :class:`.memory.MemoryCare`).
 
     A memory failure shrinks before it moves: the same isolated process rung with fewer
-    workers, down to one, which waits for room and runs again (:meth:`.MemoryCare.again`), and
-    only then the next rung (an in-process one runs tasks inside the caller, whom the OOM
-    killer would then pick). One dead worker does not prove the machine
-    cannot afford the pool (a passing spike, a stray kill): a process rung gets a fresh pool
+    workers, down to one, which (its worker on this host) waits for room and runs again
+    (:meth:`.MemoryCare.again`), and only then the next rung (an in-process one runs tasks
+    inside the caller, whom the OOM killer would then pick). One dead worker does not prove the
+    machine cannot afford the pool (a passing spike, a stray kill): a process rung gets a fresh pool
     ``restarts`` times (rung option, default 1). A poison task kills the fresh pool too, and
     the ladder then goes on. Anything else steps down.
     """
     if rung.in_process:
         return Step.STEP_DOWN
-    if memory:
-        return Step.SHRINK if workers > 1 else Step.WAIT
+    if memory and workers > 1:
+        return Step.SHRINK
+    if memory and info(rung.backend).local:  # the guard sees its worker; not Ray's remote ones
+        return Step.WAIT
     if failure.reason is Reason.WORKER_DIED and restarts < int(rung.options.get("restarts", 1)):
         return Step.RESTART
     return Step.STEP_DOWN
