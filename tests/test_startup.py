@@ -282,6 +282,23 @@ def test_reading_costs_starts_nothing_and_imports_no_backend() -> None:
     assert done.stdout.split() == ["[]", "None", "0"]
 
 
+def test_a_module_function_reaches_forked_workers_without_cloudpickle() -> None:
+    """A plain function of an importable module is a reference: the standard pickle ships it.
+    A lambda of the same script still goes by value (cloudpickle), and both run in workers."""
+    code = (
+        "import os, sys, stepdown\n"
+        "from tests.support.tasks import square\n"
+        "fork = [{'backend': 'process', 'workers': 2, 'start_method': 'fork'}]\n"
+        "print(stepdown.map(square, range(6), ladder=fork), 'cloudpickle' in sys.modules)\n"
+        "pids = set(stepdown.map(lambda x: os.getpid(), range(6), ladder=fork))\n"
+        "print(os.getpid() not in pids, 'cloudpickle' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.splitlines() == ["[0, 1, 4, 9, 16, 25] False", "True True"], done.stderr
+
+
 def test_every_cold_pool_start_is_recorded_and_a_warm_one_is_not() -> None:
     import stepdown
 

@@ -204,8 +204,21 @@ _FUNCTIONS_MAX = 8
 def dumps_function(fn: Callable[[Any], Any], initializer: Initializer | None = None) -> bytes:
     """Serialise ``fn`` and the run's ``(initializer, initargs)`` for workers with cloudpickle
     (by reference when importable). One pickle, so that functions pickled by value (from
-    ``__main__``) share their module's globals in the worker, as the initializer expects."""
+    ``__main__``) share their module's globals in the worker, as the initializer expects.
+
+    A plain function of an importable module, with no initializer, is a reference either way:
+    the standard pickle writes the same, without importing cloudpickle (~6 ms of a cold
+    script's start)."""
+    if initializer is None and _importable(fn):
+        with contextlib.suppress(pickle.PicklingError, AttributeError, TypeError):
+            return pickle.dumps((fn, None), protocol=pickle.DEFAULT_PROTOCOL)
     return dumps((fn, initializer))
+
+
+def _importable(fn: Any) -> bool:
+    plain = isinstance(fn, (types.FunctionType, types.BuiltinFunctionType))
+    module = getattr(fn, "__module__", None)
+    return plain and module is not None and module not in ("__main__", "__mp_main__")
 
 
 def dumps(obj: Any) -> bytes:
