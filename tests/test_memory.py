@@ -140,33 +140,44 @@ print(json.dumps({"results": run.results, "rungs": [r.label for r in run.report.
 """
 
 
-def _contended(tmp_path: Path, free: bool) -> tuple[int, str, str, int]:
-    """Run CONTENDED beside a hog; ``free``: kill the hog once the run waits. Returns the run's
-    exit code, stdout, stderr and the group's OOM kills."""
+def _beside_hog(
+    hog: str, script: str, args: list[str], free_on: str | None = None
+) -> tuple[int, str, str, int]:
+    """Run ``script`` with ``args`` in a 400 MiB group beside the process ``hog`` (Python code),
+    which is killed once a line of the run's stderr holds ``free_on``. Returns the run's exit
+    code, stdout, stderr and the group's OOM kills."""
     skip_unless_cgroups("memory")
-    marker = str(tmp_path / "go")
-    hog_code = f"from tests.support.memtask import hog; hog({marker!r}, 200)"
     with Cgroup("memory") as group:
         group.set_memory_limit(400 * MiB)
         env = child_env()
-        hog = group.popen([sys.executable, "-c", hog_code], stdout=subprocess.PIPE, env=env)
-        run = group.popen(
-            [sys.executable, "-c", textwrap.dedent(CONTENDED), marker, "3" if free else "0.3"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        assert run.stderr is not None
-        lines = []
-        for line in run.stderr:  # ends when the run exits
-            lines.append(line)
-            if free and "waiting up to" in line:
-                hog.kill()
-        out, _ = run.communicate(timeout=60)
-        hog.kill()
-        hog.wait(timeout=10)
+        hogging = group.popen([sys.executable, "-c", hog], stdout=subprocess.PIPE, env=env)
+        try:
+            run = group.popen(
+                [sys.executable, "-c", textwrap.dedent(script), *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            assert run.stderr is not None
+            lines = []
+            for line in run.stderr:  # ends when the run exits
+                lines.append(line)
+                if free_on is not None and free_on in line:
+                    hogging.kill()
+            out, _ = run.communicate(timeout=90)
+        finally:
+            hogging.kill()
+            hogging.wait(timeout=10)
         return run.returncode, out, "".join(lines), group.oom_kills()
+
+
+def _contended(tmp_path: Path, free: bool) -> tuple[int, str, str, int]:
+    """Run CONTENDED beside a hog; ``free``: kill the hog once the run waits."""
+    marker = str(tmp_path / "go")
+    hog = f"from tests.support.memtask import hog; hog({marker!r}, 200)"
+    args = [marker, "3" if free else "0.3"]
+    return _beside_hog(hog, CONTENDED, args, "waiting up to" if free else None)
 
 
 def test_a_one_worker_rung_waits_for_memory_others_hold_then_runs_again(tmp_path: Path) -> None:
@@ -216,26 +227,10 @@ def test_a_task_that_never_fits_in_one_worker_is_not_moved_into_the_caller(
 ) -> None:
     """Three one-worker runs in a row end no task: the ladder moves on, and the sequential rung
     refuses the task rather than run it inside the caller, whom the OOM killer would pick."""
-    skip_unless_cgroups("memory")
     marker = str(tmp_path / "go")
-    hog_code = f"from tests.support.memtask import pulsing_hog; pulsing_hog({marker!r}, 200, 1.0)"
-    with Cgroup("memory") as group:
-        group.set_memory_limit(400 * MiB)
-        env = child_env()
-        hog = group.popen([sys.executable, "-c", hog_code], stdout=subprocess.PIPE, env=env)
-        try:
-            run = group.popen(
-                [sys.executable, "-c", textwrap.dedent(PULSED), marker],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-            out, err = run.communicate(timeout=90)
-        finally:
-            hog.kill()
-            hog.wait(timeout=10)
-    assert run.returncode == 0, err[-3000:]
+    hog = f"from tests.support.memtask import pulsing_hog; pulsing_hog({marker!r}, 200, 1.0)"
+    code, out, err, _ = _beside_hog(hog, PULSED, [marker])
+    assert code == 0, err[-3000:]
     assert json.loads(out.strip().splitlines()[-1]) == {
         "error": "out of memory: every rung of the ladder failed"
     }, err[-3000:]
