@@ -23,7 +23,11 @@ class LokyBackend(PoolBackend):
         return pool
 
     def _shutdown_now(self) -> None:
-        self._pool.shutdown(wait=False, kill_workers=True)
+        # Killed workers end at once, so waiting for the pool's threads costs nothing. Not
+        # waiting, its queue feeder thread (a daemon) could still be unlinking a semaphore as
+        # the interpreter ended, and die before telling loky's resource tracker, which then
+        # warned of "leaked semlock objects" (tests/test_exit.py).
+        self._pool.shutdown(wait=True, kill_workers=True)
 
 
 BACKEND = LokyBackend
