@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -297,6 +298,26 @@ def test_a_module_function_reaches_forked_workers_without_cloudpickle() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.splitlines() == ["[0, 1, 4, 9, 16, 25] False", "True True"], done.stderr
+
+
+def test_a_module_registered_to_go_by_value_still_goes_by_value() -> None:
+    """Once cloudpickle is imported, it decides: a module registered with
+    ``register_pickle_by_value`` (code a Ray cluster's nodes lack) is shipped, not named."""
+    import cloudpickle
+
+    from stepdown.runner.batch import dumps_function
+
+    from tests.support import tasks
+
+    named = dumps_function(tasks.square)
+    cloudpickle.register_pickle_by_value(tasks)
+    try:
+        shipped = dumps_function(tasks.square)
+    finally:
+        cloudpickle.unregister_pickle_by_value(tasks)
+    assert b"cloudpickle" not in named  # a reference: module and name
+    assert b"cloudpickle" in shipped  # the code itself, rebuilt by cloudpickle in the worker
+    assert pickle.loads(shipped)[0](7) == 49
 
 
 def test_every_cold_pool_start_is_recorded_and_a_warm_one_is_not() -> None:

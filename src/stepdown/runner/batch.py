@@ -15,6 +15,7 @@ import contextlib
 import functools
 import os
 import pickle
+import sys
 import threading
 import time
 import traceback
@@ -207,9 +208,11 @@ def dumps_function(fn: Callable[[Any], Any], initializer: Initializer | None = N
     ``__main__``) share their module's globals in the worker, as the initializer expects.
 
     A plain function of an importable module, with no initializer, is a reference either way:
-    the standard pickle writes the same, without importing cloudpickle (~6 ms of a cold
-    script's start)."""
-    if initializer is None and _importable(fn):
+    while cloudpickle is not imported yet, the standard pickle writes the same, without
+    importing it (~6 ms of a cold script's start). Once it is, cloudpickle decides, so that a
+    module registered with ``cloudpickle.register_pickle_by_value`` (code a Ray cluster's
+    nodes do not have) still goes by value."""
+    if initializer is None and "cloudpickle" not in sys.modules and _importable(fn):
         with contextlib.suppress(pickle.PicklingError, AttributeError, TypeError):
             return pickle.dumps((fn, None), protocol=pickle.DEFAULT_PROTOCOL)
     return dumps((fn, initializer))
