@@ -27,21 +27,22 @@ def runtime() -> Path:
     return Path(os.environ["XDG_RUNTIME_DIR"]) / "stepdown"
 
 
+def python(code: str) -> str:
+    """What ``code`` prints, run by a fresh interpreter (which must exit 0)."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout
+
+
 def costs_elsewhere() -> dict[str, dict[str, object]]:
     """costs() as a fresh process on this host sees them."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
+    figures: dict[str, dict[str, object]] = json.loads(
+        python(
             "import json, dataclasses; from stepdown.planning.startup import costs; "
-            "print(json.dumps({k: dataclasses.asdict(c) for k, c in costs().items()}))",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+            "print(json.dumps({k: dataclasses.asdict(c) for k, c in costs().items()}))"
+        )
     )
-    figures: dict[str, dict[str, object]] = json.loads(done.stdout)
     return figures
 
 
@@ -80,11 +81,7 @@ def test_recorded_starts_round_trip_through_a_private_file() -> None:
 def test_a_change_by_another_process_is_seen() -> None:
     record("loky", 0.2)
     assert costs()["loky"].start == pytest.approx(0.2)
-    subprocess.run(
-        [sys.executable, "-c", "from stepdown.planning.startup import record; record('loky', 0.4)"],
-        timeout=60,
-        check=True,
-    )
+    python("from stepdown.planning.startup import record; record('loky', 0.4)")
     assert costs()["loky"].start == pytest.approx(0.3)
     (runtime() / CACHE).unlink()
     assert costs()["loky"] == default("loky")
@@ -277,10 +274,7 @@ def test_reading_costs_starts_nothing_and_imports_no_backend() -> None:
         "if m in sys.modules), multiprocessing.get_start_method(allow_none=True), "
         "len(multiprocessing.active_children()))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.split() == ["[]", "None", "0"]
+    assert python(code).split() == ["[]", "None", "0"]
 
 
 def test_a_module_function_reaches_forked_workers_without_cloudpickle() -> None:
@@ -294,10 +288,7 @@ def test_a_module_function_reaches_forked_workers_without_cloudpickle() -> None:
         "pids = set(stepdown.map(lambda x: os.getpid(), range(6), ladder=fork))\n"
         "print(os.getpid() not in pids, 'cloudpickle' in sys.modules)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.splitlines() == ["[0, 1, 4, 9, 16, 25] False", "True True"], done.stderr
+    assert python(code).splitlines() == ["[0, 1, 4, 9, 16, 25] False", "True True"]
 
 
 def test_a_module_registered_to_go_by_value_still_goes_by_value() -> None:

@@ -238,7 +238,7 @@ class MemoryCare:
 
     def __init__(self, declared: int | None, patience: float = 30.0) -> None:
         self.task = TaskMemory(declared)
-        self.patience = patience  # how long an in-process rung waits for room (see in_process)
+        self.patience = patience  # how long a rung waits for room for its tasks (see _wait)
         self.guard = Guard(self.task)
         self.failed = False  # a rung of this run failed for memory
         self.waits = 0  # memory failures of a one-worker process rung since a task last ended
