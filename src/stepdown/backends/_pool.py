@@ -22,6 +22,9 @@ __all__ = ["PoolBackend"]
 # A pool whose machinery is dead while starting (a manager thread that could not start its
 # queue thread) fails after the stall timeout; one that is merely slow gets this long.
 _START_TIMEOUT = 60.0
+# How long letting a pool go waits for its manager thread (workers that take their stop signal
+# end within milliseconds; killed ones at once).
+_SHUTDOWN_TIMEOUT = 5.0
 
 
 class PoolBackend(Backend):
@@ -157,7 +160,16 @@ class PoolBackend(Backend):
                 writer.close()
 
     def _shutdown_now(self) -> None:
+        # Then wait for its manager thread (shutdown forgets it), which ends once the workers
+        # have taken their stop signal (or are dead): the interpreter's exit joins it anyway.
+        # Python 3.11's exit hook wakes that thread without its lock, and while the thread was
+        # closing its wakeup pipe the write failed and printed "Exception ignored ... Bad file
+        # descriptor" at the caller's exit (tests/test_exit.py). Once the thread is done the
+        # wakeup does nothing.
+        manager = getattr(self._pool, "_executor_manager_thread", None)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if manager is not None and manager is not threading.current_thread():
+            manager.join(timeout=_SHUTDOWN_TIMEOUT)
 
     def shutdown(self) -> None:
         if self._pool is not None and not self.closed:
