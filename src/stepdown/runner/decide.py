@@ -90,12 +90,14 @@ def fresh_pool(rung: Rung, resources: Resources, workers: int) -> tuple[Rung, st
 class Watchdog:
     """A rung that makes no progress with work outstanding is a failure, so nothing hangs.
 
-    :meth:`check` is called whenever the runner waited a poll interval without news. Two kinds
-    of stall count: machinery that stays dead (a manager thread, every worker) for ``timeout``;
-    and worker processes that are all alive but none of which has started or ended a batch,
-    or is in a task or the initializer, for ``IDLE_FACTOR`` times as long (they may be
-    importing the task's modules or receiving its data; a task itself may run as long as it
-    likes, ``task_timeout`` is for that).
+    :meth:`check` is called whenever the runner waited a poll interval without news, and at
+    least once a poll interval while news comes (a Ray whose GCS died went on returning results
+    every few milliseconds, and was never looked at). Two kinds of stall count: machinery that
+    stays dead (a manager thread, every worker) for ``timeout``; and worker processes that are
+    all alive but none of which has started or ended a batch, or is in a task or the
+    initializer, for ``IDLE_FACTOR`` times as long (they may be importing the task's modules or
+    receiving its data; a task itself may run as long as it likes, ``task_timeout`` is for
+    that).
     """
 
     IDLE_FACTOR = 10
@@ -106,6 +108,16 @@ class Watchdog:
         self._what = ""
         self._idle_since: float | None = None
         self._seen: Hashable = None
+        self._looked = time.monotonic()
+
+    def due(self, quiet: bool, poll: float) -> bool:
+        """Whether to :meth:`check` now: the runner waited ``poll`` seconds without news, or
+        the last look was that long ago."""
+        now = time.monotonic()
+        if quiet or now - self._looked >= poll:
+            self._looked = now
+            return True
+        return False
 
     def check(
         self, backend: Backend, outstanding: bool, timeouts: Timeouts

@@ -298,7 +298,7 @@ class Engine:
                     f"its workers ran max_tasks_per_child={self.options.max_tasks_per_child}",
                     graceful=True,
                 )
-            if failure is None and quiet:
+            if failure is None and watchdog.due(quiet, self._timeouts.poll):
                 failure = watchdog.check(backend, self._flights.busy(backend), self._timeouts)
             if failure is not None:
                 return failure
