@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -308,6 +309,78 @@ def test_builtin_ladders() -> None:
 def test_builtin_text_is_in_the_docs() -> None:
     docs = Path(__file__).parent.parent / "docs" / "policy.md"
     assert builtin_text().strip() in docs.read_text()
+
+
+def test_the_builtin_json_is_the_builtin_toml() -> None:
+    """A cold script reads the built-in policy from ``builtin.json``, not the TOML the docs
+    show: the two must say the same."""
+    import json
+
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    assert json.loads(builtin_text("builtin.json")) == tomllib.loads(builtin_text()), (
+        "builtin.json is stale; write it again from builtin.toml: "
+        'python -c \'import json, tomllib; p = "src/stepdown/planning/policy/builtin"; '
+        'open(p + ".json", "w").write(json.dumps(tomllib.load(open(p + ".toml", '
+        '"rb")), indent=2) + "\\n")\''
+    )
+
+
+# Ways a pyproject.toml may hold [tool.stepdown], or only look as if it might.
+_HOLDS = [
+    '[tool.stepdown]\nprofile = "kaggle"\n',
+    '[ tool . "stepdown" ]\nprofile = "kaggle"\n',
+    '[[tool.stepdown.profiles.kaggle.rules]]\nladder = ["thread:1"]\n[tool.stepdown]\n'
+    'profile = "kaggle"\n',
+    '[tool]\nstepdown.profile = "kaggle"\n',
+    '[tool]\n"stepdown" = { profile = "kaggle" }\n',
+    'tool = { stepdown = { profile = "kaggle" } }\n',
+    'tool.stepdown.profile = "kaggle"  # the notebook one\n',
+]
+_HOLDS_NOT = [
+    '[project]\nname = "stepdown"\ndependencies = [\n  "stepdown>=1",\n]\n',
+    '[project.scripts]\nstepdown = "stepdown.cli:main"\n',
+    '[tool.poetry.dependencies]\nstepdown = "^1"\n',
+    '[tool.stepdownish]\nprofile = "kaggle"\n',
+    "[project\n",  # not even TOML: not stepdown's to judge
+]
+
+
+@pytest.mark.parametrize("text", _HOLDS)
+def test_every_way_to_write_the_tool_section_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STEPDOWN_POLICY", raising=False)
+    (tmp_path / "pyproject.toml").write_text(text)
+    policy = load_policy()
+    assert policy.source.startswith("pyproject.toml [tool.stepdown]"), policy.source
+    assert policy.default_profile == "kaggle"
+
+
+@pytest.mark.parametrize("text", _HOLDS_NOT)
+def test_a_pyproject_without_the_tool_section_is_not_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """Checked in a fresh interpreter: nothing imports the TOML reader (~5 ms of a cold
+    script's start) for a project that has no policy of its own."""
+    import subprocess
+
+    (tmp_path / "pyproject.toml").write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "STEPDOWN_POLICY"}
+    code = (
+        "import sys; from stepdown.planning.policy import load_policy; "
+        "print(load_policy().source, 'tomllib' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.split() == ["built-in", "False"], done.stdout + done.stderr
 
 
 # -- precedence -------------------------------------------------------------------------------

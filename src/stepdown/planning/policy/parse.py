@@ -8,19 +8,14 @@ built-in profiles (``builtin.toml``, beside this module) go through the same che
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
-import sys
 from collections.abc import Mapping
 from functools import cache
 from types import MappingProxyType
 from typing import Any, Literal, cast
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 from ...budget.settings import MAX_SLOTS, ON_EXHAUSTED, BudgetSettings
 from ...errors import PolicyError
@@ -67,28 +62,32 @@ _BUDGET_KEYS = ("enabled", "size", "on_exhausted", "wait")
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-def builtin_text() -> str:
-    """The built-in profiles as TOML, word for word as ``docs/policy.md`` shows them."""
+def builtin_text(name: str = "builtin.toml") -> str:
+    """The built-in profiles as TOML, word for word as ``docs/policy.md`` shows them (or another
+    file beside this module)."""
     try:  # a plain file beside this module: importlib.resources would cost ~7 ms of imports
-        with open(os.path.join(os.path.dirname(__file__), "builtin.toml"), encoding="utf-8") as f:
+        with open(os.path.join(os.path.dirname(__file__), name), encoding="utf-8") as f:
             return f.read()
     except OSError:  # installed in a zip
         import importlib.resources
 
-        return importlib.resources.files(__package__).joinpath("builtin.toml").read_text("utf-8")
+        return importlib.resources.files(__package__).joinpath(name).read_text("utf-8")
 
 
 @cache
-def _builtin_tables() -> Mapping[str, Mapping[Any, Any]]:
-    """The built-in profiles as tables, for a user's profile to extend."""
-    tables: Mapping[str, Mapping[Any, Any]] = tomllib.loads(builtin_text())["profiles"]
-    return tables
+def builtin_document() -> Mapping[str, Any]:
+    """``builtin.toml`` as read by a TOML reader. A cold script reads its twin,
+    ``builtin.json`` (tests/test_policy.py keeps the two the same): importing the TOML reader
+    costs ~5 ms, a tenth of a cold run's start, and a script whose project has no policy of its
+    own has nothing else for it to read."""
+    document: Mapping[str, Any] = json.loads(builtin_text("builtin.json"))
+    return document
 
 
 @cache
 def builtin() -> Policy:
     """The built-in policy, parsed and checked like a user's file."""
-    return parse_document(tomllib.loads(builtin_text()), BUILTIN_SOURCE, "", "built-in")
+    return parse_document(builtin_document(), BUILTIN_SOURCE, "", "built-in")
 
 
 def profile_names(profiles: Mapping[str, Profile]) -> str:
@@ -126,7 +125,7 @@ def parse_document(document: object, source: str, prefix: str, label: str) -> Po
                 where,
             )
         own[name] = as_table(body, source, where)
-    bases = _builtin_tables() if source != BUILTIN_SOURCE else {}
+    bases = builtin_document()["profiles"] if source != BUILTIN_SOURCE else {}
     parsed = {
         name: _parse_profile(name, table, source, f"{prefix}profiles.{name}", label)
         for name, table in lay_over(own, bases, source, prefix).items()
