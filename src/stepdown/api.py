@@ -6,13 +6,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Generator, Iterable, Iterator, Sized
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from .errors import StepdownError, UsageError
 from .options import Errors, Options
 from .planning import worktime
 from .planning.setup import Setup, prepare
+from .records import record
 from .runner.batch import Starred
 from .runner.engine import Engine
 from .runner.progress import Bar, progress_bar
@@ -31,7 +31,7 @@ R = TypeVar("R")
 log = logging.getLogger("stepdown")
 
 
-@dataclass
+@record
 class Run(Generic[R]):
     """A finished run: ``results`` in input order, and the ``report`` of what happened."""
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from typing import Any, Literal, TypedDict
 
 from .errors import UsageError
 from .planning.policy import PolicySpec, parse_policy_ladder
 from .planning.rung import START_METHODS, Rung
+from .records import record
 from .units import parse_size
 
 __all__ = [
@@ -63,7 +64,7 @@ class RunOptions(BackendOptions, total=False):
     batch_size: int | None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Options:
     """How a run chooses its ladder and behaves. Every field is checked on construction; a bad
     value is a :class:`~stepdown.errors.UsageError` naming the option and the value.

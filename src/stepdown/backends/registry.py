@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailable, Reason, UsageError
+from ..records import record
 
 if TYPE_CHECKING:
     from .base import Backend
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Failure:
     """A native failure of a backend's executor, recognised by class name (never imported).
 
@@ -48,7 +49,7 @@ class Failure:
     message: str | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BackendInfo:
     """What stepdown knows about a backend before importing it.
 

@@ -24,8 +24,9 @@ import pwd
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+
+from ..records import record
 
 __all__ = ["Location", "locate", "runtime_root"]
 
@@ -36,7 +37,7 @@ _HOST_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]")
 _WARNED: set[str] = set()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Location:
     """Where a budget's directories go.
 

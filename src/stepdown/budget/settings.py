@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Literal
 
+from ..records import record
 from ..units import bad_variable, variable
 
 __all__ = [
@@ -30,7 +30,7 @@ _ON = ("1", "on", "true", "yes")
 _OFF = ("0", "off", "false", "no")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BudgetSettings:
     """``enabled``: coordinate with other instances on this host (every profile does unless it
     says ``enabled = false``: an instance cannot know it is alone). ``size``: worker slots

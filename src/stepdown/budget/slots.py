@@ -31,9 +31,9 @@ import os
 import re
 import stat
 import threading
-from dataclasses import dataclass
 
 from ..errors import UsageError
+from ..records import record
 from .location import runtime_root
 
 __all__ = [
@@ -112,20 +112,20 @@ os.register_at_fork(
 )
 
 
-@dataclass
+@record
 class Slot:
     name: str  # "" for a guaranteed slot no file could back
     path: str
     fd: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Held:
     pid: int | None
     mine: bool
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Record:
     pid: int | None = None
     label: str = ""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from ..records import record
 
 if TYPE_CHECKING:
     from .grant import Grant
@@ -14,7 +15,7 @@ __all__ = ["BudgetStatus", "SlotStatus", "grant_line"]
 _PIDS_SHOWN = 8
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SlotStatus:
     """One held slot. ``pid`` is ``None`` when its record is unreadable (held by "unknown")."""
 
@@ -38,7 +39,7 @@ class SlotStatus:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BudgetStatus:
     """The held slots of a budget at one moment; free slots are not listed."""
 

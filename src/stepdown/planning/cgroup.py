@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
+from ..records import record
 from .reading import Reading, read_text, smaller, under
 
 __all__ = [
@@ -44,7 +44,7 @@ _UNLIMITED = 2**60
 CONTROLLERS = ("cpu", "memory", "pids")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CgroupEntry:
     """One line of ``/proc/self/cgroup``: ``hierarchy-ID:controllers:path``."""
 
@@ -53,7 +53,7 @@ class CgroupEntry:
     path: str  # relative to the hierarchy's root (or to the cgroup namespace's root)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mount:
     """The fields of one ``/proc/self/mountinfo`` line that locating a cgroup needs."""
 
@@ -63,7 +63,7 @@ class Mount:
     super_options: tuple[str, ...]  # for cgroup v1, these name the hierarchy's controllers
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Cgroup:
     """A process's group in one hierarchy: the mount and the group's path below it."""
 

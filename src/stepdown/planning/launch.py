@@ -28,8 +28,9 @@ import multiprocessing
 import os
 import sys
 import threading
-from dataclasses import dataclass
 from types import FrameType, FunctionType, ModuleType
+
+from ..records import record
 
 __all__ = ["FRESH_METHODS", "Launch", "read_launch"]
 
@@ -37,7 +38,7 @@ __all__ = ["FRESH_METHODS", "Launch", "read_launch"]
 FRESH_METHODS = ("forkserver", "spawn")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Launch:
     """How this process can start worker processes: the start methods it has, the one
     multiprocessing uses when none is named, and why a fresh interpreter cannot rebuild the

@@ -6,10 +6,11 @@ Pure data, printable (:meth:`Plan.explain`) and JSON-able (:meth:`Plan.to_dict`)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from ..budget.settings import BudgetSettings
+from ..records import record
 from ..units import format_size
 from . import footprint
 from .reading import Reading
@@ -19,7 +20,7 @@ from .rung import Rung
 __all__ = ["Plan", "PlannedRung", "RuleChoice", "percent", "plural", "worker_memory"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PlannedRung:
     """A rung of the ladder with its resolved worker count (0: skipped) and the reason."""
 
@@ -49,7 +50,7 @@ class PlannedRung:
         return Rung(self.rung.backend, self.workers, options)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RuleChoice:
     """Which rule gave the ladder. ``index`` is its position in the profile's ``rules``
     (``None``: the ladder was an argument); ``why`` says what held; ``passed_over`` says why
@@ -76,7 +77,7 @@ class RuleChoice:
         return text if self.capped_by is None else f"{text}, {self.capped_by}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Plan:
     """The ladder with every rung's workers resolved, and where every decision came from."""
 

@@ -6,12 +6,12 @@ smallest figure read wins.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..records import record
 
 __all__ = ["Reading", "read_text", "smaller", "smallest", "under"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Reading:
     """One figure and where it came from. ``value=None``: could not read, or no limit."""
 

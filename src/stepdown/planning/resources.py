@@ -14,9 +14,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from typing import Any
 
+from ..records import record
 from ..units import bad_variable, parse_size, variable
 from .cgroup import (
     CONTROLLERS,
@@ -61,7 +62,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Environment:
     """Where this process runs, as far as cheap signals tell."""
 
@@ -71,7 +72,7 @@ class Environment:
     container: bool
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Resources:
     """A snapshot of what this machine can afford now. Byte figures are in bytes."""
 

@@ -7,7 +7,7 @@ a ladder is checked without importing any backend module or its dependency.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from ..backends.registry import (
@@ -19,6 +19,7 @@ from ..backends.registry import (
     last_backend,
 )
 from ..errors import UsageError
+from ..records import record
 from ..units import shown
 
 __all__ = ["START_METHODS", "Rung", "ending_last", "parse_ladder", "parse_rung"]
@@ -26,7 +27,7 @@ __all__ = ["START_METHODS", "Rung", "ending_last", "parse_ladder", "parse_rung"]
 START_METHODS = ("auto", "fork", "forkserver", "spawn")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Rung:
     """One step of a ladder. ``workers=None`` means "as many as the plan allows" (``auto``)."""
 

@@ -18,13 +18,13 @@ import dataclasses
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..backends.registry import info, infos, known
 from ..budget.budget import Budget
 from ..logs import install_handler
 from ..options import Options
+from ..records import record
 from ..units import format_size
 from .launch import Launch, read_launch
 from .plan import Plan
@@ -38,7 +38,7 @@ from .startup import costs
 __all__ = ["Setup", "Survey", "plan", "prepare", "survey"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Survey:
     """What a run is planned from, read once: the policy, the profile chosen and why, the
     machine (free memory less what other instances reserved), the host budget (``None``:
@@ -79,7 +79,7 @@ class Survey:
         )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Setup:
     """What the runner takes: the plan, and the host budget that grants its slots."""
 

@@ -31,10 +31,10 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from ..backends.registry import info, infos, load_backend
 from ..errors import UsageError
+from ..records import record as record_class  # this module has a record() of its own
 from .startup_cache import SAMPLES, Figures, cached, is_seconds, update
 
 __all__ = ["DEFAULTS", "Cost", "costs", "kind_of", "measure", "record"]
@@ -60,7 +60,7 @@ _ANSWER_WAIT = 60.0  # how long a child waits for its workers to answer
 _CHILD_TIMEOUT = 120.0  # a Ray start may take seconds, its shutdown more
 
 
-@dataclass(frozen=True)
+@record_class(frozen=True)
 class Cost:
     """What starting one kind of pool costs here, in seconds, and where the figures come from.
 

@@ -18,8 +18,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from ..records import record
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -30,7 +31,7 @@ __all__ = ["Batch", "Events", "Feed", "Flight", "Flights", "Inbox", "Sizer"]
 _MAX_BATCH = 10_000
 
 
-@dataclass
+@record
 class Batch:
     """Tasks that travel together: their input indexes and items. ``suspect``: in flight when
     a worker process died, so it may be the cause (it runs alone before an in-process rung)."""
@@ -43,7 +44,7 @@ class Batch:
         return self.indexes[0] < other.indexes[0]
 
 
-@dataclass
+@record
 class Flight:
     """A batch submitted to a backend, and the record of the rung that took it."""
 

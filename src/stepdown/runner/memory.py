@@ -26,7 +26,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ..backends.base import Backend
 from ..backends.failures import RECEIVING
@@ -41,6 +40,7 @@ from ..planning.cgroup import (
 )
 from ..planning.reading import read_text
 from ..planning.resources import host_memory
+from ..records import record
 from ..units import format_size
 from .batch import BatchResult
 from .timeouts import Timeouts
@@ -92,7 +92,7 @@ class TaskMemory:
         return f"learned {format_size(self.learned)} (largest of {self.batches} batches)"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Left:
     """Memory the caller's group may still use: ``free`` of ``limit`` bytes, read at ``where``."""
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import TYPE_CHECKING, Any
+
+from ..records import record
 
 if TYPE_CHECKING:
     from ..planning.plan import Plan
@@ -14,7 +16,7 @@ __all__ = ["Report", "RungRecord", "log_plan"]
 log = logging.getLogger("stepdown")
 
 
-@dataclass
+@record
 class RungRecord:
     """One rung as it was tried."""
 
@@ -53,7 +55,7 @@ class RungRecord:
         return text
 
 
-@dataclass
+@record
 class Report:
     """The record of one run. ``str(report)`` is one readable paragraph.
 

@@ -7,10 +7,11 @@ probed resources, and says why.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Literal
 
 from ...budget.settings import BudgetSettings
+from ...records import record
 from ...units import format_size
 from ..rung import Rung
 
@@ -31,7 +32,7 @@ ENVIRONMENTS = ("kaggle", "ci", "ray", "container")
 DEFAULT_MEMORY_HEADROOM = 0.15
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Conditions:
     """A rule's ``when``: every condition given must hold. None given: always holds.
 
@@ -117,7 +118,7 @@ def _in_environment(name: str, resources: Resources) -> bool:
     return found[name]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Rule:
     """When ``when`` holds, climb ``ladder`` (which always ends with ``sequential``)."""
 
@@ -125,7 +126,7 @@ class Rule:
     ladder: tuple[Rung, ...]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Profile:
     """A named policy: rules (first match wins; the last always matches) and memory settings.
 
@@ -144,7 +145,7 @@ class Profile:
     source: str = "built-in"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Policy:
     """All profiles (built-in ones with the user's laid over them) and where they came from.
 
