@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import field, fields
 from typing import Any, Literal, TypedDict
 
 from .errors import UsageError
 from .planning.policy import PolicySpec, parse_policy_ladder
 from .planning.rung import START_METHODS, Rung
-from .records import record
+from .records import field, field_names, record
 from .units import parse_size
 
 __all__ = [
@@ -145,7 +144,7 @@ class Options:
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """Every option a caller may give."""
-        return tuple(f.name for f in fields(cls) if f.init)
+        return field_names(cls, init_only=True)
 
 
 def _seconds(name: str, value: object) -> None:

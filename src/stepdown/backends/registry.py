@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailable, Reason, UsageError
-from ..records import record
+from ..records import field, record
 
 if TYPE_CHECKING:
     from .base import Backend

@@ -22,15 +22,18 @@ fork would copy, and under strict overcommit the memory the kernel still lets pr
 
 from __future__ import annotations
 
-import ast
 import functools
 import multiprocessing
 import os
 import sys
 import threading
 from types import FrameType, FunctionType, ModuleType
+from typing import TYPE_CHECKING
 
 from ..records import record
+
+if TYPE_CHECKING:
+    import ast
 
 __all__ = ["FRESH_METHODS", "Launch", "read_launch"]
 
@@ -170,6 +173,8 @@ def _left_alone(main: ModuleType, what: str) -> str | None:
 def _guards(path: str, _mtime_ns: int) -> tuple[tuple[int, int], ...]:
     """The line ranges of the top-level ``if __name__ == "__main__":`` bodies of a script (read
     again when the file changes)."""
+    import ast  # a script's own guard is rarely asked about; not worth ~1 ms of every start
+
     with open(path, "rb") as source:
         tree = ast.parse(source.read(), path)
     return tuple(
@@ -180,6 +185,8 @@ def _guards(path: str, _mtime_ns: int) -> tuple[tuple[int, int], ...]:
 
 
 def _is_main_test(test: ast.expr) -> bool:
+    import ast
+
     if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
         return False
     if not isinstance(test.ops[0], ast.Eq):
@@ -189,6 +196,8 @@ def _is_main_test(test: ast.expr) -> bool:
 
 
 def _name_or_text(node: ast.expr) -> str | None:
+    import ast
+
     if isinstance(node, ast.Name):
         return f"name:{node.id}"
     if isinstance(node, ast.Constant) and isinstance(node.value, str):

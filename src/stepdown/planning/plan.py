@@ -6,11 +6,10 @@ Pure data, printable (:meth:`Plan.explain`) and JSON-able (:meth:`Plan.to_dict`)
 
 from __future__ import annotations
 
-from dataclasses import field
 from typing import Any
 
 from ..budget.settings import BudgetSettings
-from ..records import record
+from ..records import field, record
 from ..units import format_size
 from . import footprint
 from .reading import Reading

@@ -24,9 +24,9 @@ its workers run) comes from the backend registry.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 from ..errors import UsageError
+from ..records import replace
 from ..units import format_size
 from .launch import FRESH_METHODS, Launch
 from .plan import Plan, PlannedRung, RuleChoice, percent, plural, worker_memory

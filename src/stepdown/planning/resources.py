@@ -14,7 +14,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, fields
 from typing import Any
 
 from ..records import record
@@ -88,11 +87,13 @@ class Resources:
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot as plain JSON-able data."""
+        import dataclasses  # not on a run's path (records.py)
+
         out: dict[str, Any] = {}
-        for f in fields(self):
+        for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, (Reading, Environment)):
-                out[f.name] = asdict(value)
+                out[f.name] = dataclasses.asdict(value)
             elif isinstance(value, Mapping):
                 out[f.name] = dict(value)
             else:

@@ -7,7 +7,6 @@ a ladder is checked without importing any backend module or its dependency.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import field
 from typing import Any
 
 from ..backends.registry import (
@@ -19,7 +18,7 @@ from ..backends.registry import (
     last_backend,
 )
 from ..errors import UsageError
-from ..records import record
+from ..records import field, record
 from ..units import shown
 
 __all__ = ["START_METHODS", "Rung", "ending_last", "parse_ladder", "parse_rung"]

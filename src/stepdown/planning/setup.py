@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,7 @@ from ..backends.registry import info, infos, known
 from ..budget.budget import Budget
 from ..logs import install_handler
 from ..options import Options
-from ..records import record
+from ..records import record, replace
 from ..units import format_size
 from .launch import Launch, read_launch
 from .plan import Plan
@@ -173,7 +172,7 @@ def _less_reserved(resources: Resources, reserved: int) -> Resources:
         max(0, free.value - reserved),
         f"{free.source}, less {format_size(reserved)} reserved by other instances",
     )
-    return dataclasses.replace(resources, memory_available=less)
+    return replace(resources, memory_available=less)
 
 
 def _start_costs() -> dict[str, float]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, field
 from typing import TYPE_CHECKING, Any
 
-from ..records import record
+from ..records import field, record
 
 if TYPE_CHECKING:
     from ..planning.plan import Plan
@@ -112,7 +111,9 @@ class Report:
         return started[-1].label if started else None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        import dataclasses  # not on a run's path (records.py)
+
+        return dataclasses.asdict(self)
 
     def __str__(self) -> str:
         calls = "" if self.calls is None else f" of {self.calls} calls"

@@ -7,11 +7,10 @@ probed resources, and says why.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import field
 from typing import TYPE_CHECKING, Literal
 
 from ...budget.settings import BudgetSettings
-from ...records import record
+from ...records import field, record
 from ...units import format_size
 from ..rung import Rung
 
