@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
-import subprocess
-import sys
 from typing import Any, ClassVar
 
 import pytest
@@ -169,17 +167,3 @@ def test_a_method_the_class_writes_itself_wins() -> None:
             return f"<{self.name}>"
 
     assert repr(Named("x")) == "<x>"
-
-
-def test_a_cold_run_imports_no_dataclasses() -> None:
-    """What records are for: a first ``stepdown.map`` in a fresh interpreter neither imports
-    ``dataclasses`` (and with it ``inspect`` and ``ast``) nor compiles a method."""
-    code = (
-        "import sys, stepdown\n"
-        "stepdown.map(abs, range(6))\n"
-        "print(sorted({'dataclasses', 'inspect', 'ast'} & set(sys.modules)))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.strip() == "[]", done.stdout

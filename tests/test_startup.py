@@ -291,6 +291,22 @@ def test_a_module_function_reaches_forked_workers_without_cloudpickle() -> None:
     assert python(code).splitlines() == ["[0, 1, 4, 9, 16, 25] False", "True True"]
 
 
+def test_a_first_map_imports_none_of_the_modules_it_does_without() -> None:
+    """What a cold script's first ``stepdown.map`` no longer imports, each a few ms of its
+    start and objects its exit walks again: ``dataclasses`` with ``inspect`` and ``ast``
+    (records.py), ``pathlib`` (strings on a run's path), a TOML reader (the built-in policy's
+    JSON twin), ``cloudpickle`` (a module's function is a reference)."""
+    code = (
+        "import sys, stepdown\n"
+        "fork = [{'backend': 'process', 'workers': 2, 'start_method': 'fork'}]\n"
+        "assert stepdown.map(abs, range(-3, 3), ladder=fork) == [3, 2, 1, 0, 1, 2]\n"
+        "assert stepdown.map(abs, range(-3, 3)) == [3, 2, 1, 0, 1, 2]\n"
+        "avoided = {'dataclasses', 'inspect', 'ast', 'pathlib', 'tomllib', 'cloudpickle'}\n"
+        "print(sorted(avoided & set(sys.modules)))\n"
+    )
+    assert python(code).strip() == "[]"
+
+
 def test_a_module_registered_to_go_by_value_still_goes_by_value() -> None:
     """Once cloudpickle is imported, it decides: a module registered with
     ``register_pickle_by_value`` (code a Ray cluster's nodes lack) is shipped, not named."""

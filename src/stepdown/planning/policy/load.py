@@ -19,7 +19,6 @@ import os
 import stat
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -87,31 +86,30 @@ def load_policy(
     if base is None:  # the working directory was deleted: it holds no policy
         return builtin()
     # exists(), not is_file(): a FIFO or a directory by that name is refused, not passed over.
-    local = base / "stepdown.toml"
-    if local.exists():
-        path = str(local.absolute())
+    path = os.path.join(base, "stepdown.toml")
+    if os.path.exists(path):
         return _merge(_load_file(path, "", f"stepdown.toml ({path})"))
-    pyproject = base / "pyproject.toml"
-    if pyproject.exists():
-        path = str(pyproject.absolute())
+    path = os.path.join(base, "pyproject.toml")
+    if os.path.exists(path):
         found = _load_file(path, "tool.stepdown", f"pyproject.toml [tool.stepdown] ({path})")
         if found is not None:
             return _merge(found)
     return builtin()
 
 
-def _working_directory(cwd: str | os.PathLike[str] | None) -> Path | None:
+def _working_directory(cwd: str | os.PathLike[str] | None) -> str | None:
     try:
-        return Path(cwd if cwd is not None else os.getcwd()).absolute()
+        here = os.getcwd() if cwd is None or not os.path.isabs(cwd) else ""
     except OSError:
         return None
+    return os.path.join(here, os.fspath(cwd)) if cwd is not None else here
 
 
-def _absolute(base: Path | None, path: str | os.PathLike[str]) -> str:
-    given = Path(os.fspath(path))
-    if base is None and not given.is_absolute():
+def _absolute(base: str | None, path: str | os.PathLike[str]) -> str:
+    given = os.fspath(path)
+    if base is None and not os.path.isabs(given):
         raise PolicyError("a relative path, and the working directory is gone", str(given))
-    return str(given if base is None else base / given)
+    return given if base is None else os.path.join(base, given)
 
 
 # Parsed files by (path, section, source label, content): a file is read on every call (cheap)
