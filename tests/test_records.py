@@ -158,12 +158,20 @@ def test_a_wrong_class_is_refused_as_by_dataclass(kind: tuple[Any, Any]) -> None
     assert field  # both kinds name their field function
 
 
-def test_a_method_the_class_writes_itself_wins() -> None:
-    @records.record(frozen=True)
+@pytest.mark.parametrize("kind", BOTH)
+def test_a_method_the_class_writes_itself_wins(kind: tuple[Any, Any]) -> None:
+    make, _ = kind
+
+    @make(frozen=True)
     class Named:
         name: str
 
         def __repr__(self) -> str:
             return f"<{self.name}>"
 
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Named) and other.name.lower() == self.name.lower()
+
     assert repr(Named("x")) == "<x>"
+    assert Named("x") == Named("X")
+    assert hash(Named("x")) == hash(Named("x"))  # still hashable, by its fields

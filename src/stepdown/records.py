@@ -19,7 +19,7 @@ dataclasses.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 __all__ = ["field", "field_names", "record", "replace"]
 
@@ -61,9 +61,8 @@ class _Field:
 class _Shape:
     """A record class's fields, and the lists its shared methods read."""
 
-    def __init__(self, cls: type, fields: list[_Field], frozen: bool) -> None:
-        self.cls, self.fields, self.frozen = cls, tuple(fields), frozen
-        self.names = frozenset(f.name for f in fields)
+    def __init__(self, cls: type, fields: list[_Field]) -> None:
+        self.fields = tuple(fields)
         self.init = tuple(f for f in fields if f.init)
         self.init_names = frozenset(f.name for f in self.init)
         self.later = tuple(f for f in fields if not f.init and not f.required)
@@ -118,7 +117,9 @@ def _make(cls: type, frozen: bool) -> type:
         if spec.init and spec.required and defaulted:
             raise TypeError(f"non-default argument {spec.name!r} follows default argument")
         defaulted = defaulted or (spec.init and not spec.required)
-    shape = _SHAPES[cls] = _Shape(cls, list(fields.values()), frozen)
+    shape = _SHAPES[cls] = _Shape(cls, list(fields.values()))
+    if cls.__dict__.get("__hash__", MISSING) is None and "__eq__" in cls.__dict__:
+        delattr(cls, "__hash__")  # set by Python for the __eq__ the class wrote, not by it
     methods: dict[str, Any] = {
         "__init__": _init,
         "__repr__": _repr,
@@ -137,22 +138,19 @@ def _make(cls: type, frozen: bool) -> type:
 
 def _init(self: Any, *args: Any, **kwargs: Any) -> None:
     shape = _shape(type(self))
-    name = f"{type(self).__qualname__}.__init__()"
     if len(args) > len(shape.init):
-        raise TypeError(
-            f"{name} takes {len(shape.init) + 1} positional arguments but {len(args) + 1} "
-            "were given"
-        )
+        given, takes = len(args) + 1, len(shape.init) + 1
+        _wrong(self, f"takes {takes} positional arguments but {given} were given")
     values = {f.name: value for f, value in zip(shape.init, args, strict=False)}
     for key, value in kwargs.items():
         if key in values:
-            raise TypeError(f"{name} got multiple values for argument {key!r}")
+            _wrong(self, f"got multiple values for argument {key!r}")
         if key not in shape.init_names:
-            raise TypeError(f"{name} got an unexpected keyword argument {key!r}")
+            _wrong(self, f"got an unexpected keyword argument {key!r}")
         values[key] = value
     missing = [f.name for f in shape.init if f.name not in values and f.required]
     if missing:
-        raise TypeError(f"{name} missing required arguments: {', '.join(map(repr, missing))}")
+        _wrong(self, f"missing required arguments: {', '.join(map(repr, missing))}")
     for spec in (*shape.init, *shape.later):
         if spec.name in values:
             value = values[spec.name]
@@ -163,6 +161,10 @@ def _init(self: Any, *args: Any, **kwargs: Any) -> None:
         object.__setattr__(self, spec.name, value)
     if shape.post_init:
         self.__post_init__()
+
+
+def _wrong(self: object, why: str) -> NoReturn:
+    raise TypeError(f"{type(self).__qualname__}.__init__() {why}")
 
 
 def _repr(self: object) -> str:
