@@ -23,10 +23,8 @@ class LokyBackend(PoolBackend):
         return pool
 
     def _shutdown_now(self) -> None:
-        # Killed workers end at once, so waiting for the pool's threads costs nothing. Not
-        # waiting, its queue feeder thread (a daemon) could still be unlinking a semaphore as
-        # the interpreter ended, and die before telling loky's resource tracker, which then
-        # warned of "leaked semlock objects" (tests/test_exit.py).
+        # Killed workers end at once, so waiting for the pool's manager thread costs nothing
+        # (and its feeder thread is waited for by let_go: tests/test_exit.py).
         self._pool.shutdown(wait=True, kill_workers=True)
 
 
