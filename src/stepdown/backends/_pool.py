@@ -22,8 +22,8 @@ __all__ = ["PoolBackend"]
 # A pool whose machinery is dead while starting (a manager thread that could not start its
 # queue thread) fails after the stall timeout; one that is merely slow gets this long.
 _START_TIMEOUT = 60.0
-# How long letting a pool go waits for its manager thread (workers that take their stop signal
-# end within milliseconds; killed ones at once).
+# How long letting a pool go waits for each of its threads, manager and queue feeder (workers
+# that take their stop signal end within milliseconds; killed ones at once).
 _SHUTDOWN_TIMEOUT = 5.0
 
 
